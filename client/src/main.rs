@@ -1,0 +1,2 @@
+//! supctl: the command-line client of supd.
+fn main() {}

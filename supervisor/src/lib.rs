@@ -1,0 +1,1 @@
+//! supd as a library: the daemon's services and the stores behind them.

@@ -1,0 +1,2 @@
+//! supd: the sup daemon.
+fn main() {}
