@@ -1,1 +1,12 @@
 //! supd as a library: the daemon's services and the stores behind them.
+//!
+//! Layers, top to bottom: `server` (thin gRPC adaptors) calls `service` (the logic, in
+//! proto-free types), which uses the stores: `store` (sled metadata), `content` (blobs),
+//! `snapshot` (filesystem trees) and `image` (references, archives, unpacking).
+
+pub mod error;
+pub mod filters;
+pub mod image;
+pub mod labels;
+pub mod snapshot;
+pub mod store;

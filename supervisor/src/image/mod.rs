@@ -1,0 +1,5 @@
+//! Images: references, archives (import/export), and unpacking layers into snapshots.
+
+pub mod apply;
+pub mod compression;
+pub mod reference;

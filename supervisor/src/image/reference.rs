@@ -1,0 +1,1 @@
+//! Image references, parsed and normalized as Docker does.

@@ -1,0 +1,181 @@
+//! The metadata store: every record supd keeps, in one sled database at `<root>/meta.db`.
+//!
+//! # Key schema (version 1)
+//!
+//! Values are JSON. Names in keys are separated by `/`; namespace names, snapshotter names
+//! and digests cannot hold `/`, and the last segment of a key may (image names do).
+//!
+//! ```text
+//! tree "meta"
+//!   "schema_version"                      -> u32 (big endian)      this layout's version: 1
+//! tree "namespaces"
+//!   <ns>                                  -> NamespaceRecord      labels, times
+//! tree "content"                          blobs a namespace holds (the bytes are in the
+//!   <ns>/<digest>                         -> ContentRecord        content store, shared)
+//! tree "images"
+//!   <ns>/<name>                           -> ImageRecord          name -> target descriptor
+//! tree "containers"
+//!   <ns>/<id>                             -> ContainerRecord
+//! tree "snapshots"                        owned by `store::snapshots`
+//!   <snapshotter>/<ns>/<key>              -> SnapshotRecord       id, kind, parent key, labels
+//! ```
+//!
+//! Invariants, kept by the services that write here: an image's target and everything it
+//! reaches are in `content` under the same namespace; a snapshot's parent exists in the same
+//! snapshotter and namespace; a container's snapshot exists. A write is acknowledged only
+//! after `Store::flush` has made it durable.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::labels::Labels;
+
+pub mod snapshots;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The open database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    pub namespaces: sled::Tree,
+    pub content: sled::Tree,
+    pub images: sled::Tree,
+    pub containers: sled::Tree,
+    pub snapshots: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database, checking its schema version.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| Error::from(e).context(format!("opening {}", path.display())))?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::internal("metadata store: corrupt schema version"))?;
+                if found != SCHEMA_VERSION {
+                    return Err(Error::FailedPrecondition(format!(
+                        "metadata store {}: schema version {found}, this supd knows {SCHEMA_VERSION}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        Ok(Store {
+            namespaces: db.open_tree("namespaces")?,
+            content: db.open_tree("content")?,
+            images: db.open_tree("images")?,
+            containers: db.open_tree("containers")?,
+            snapshots: db.open_tree("snapshots")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable. Call before acknowledging a mutation.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking form of `flush`, for code already on the blocking pool.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// `<a>/<b>` keys.
+pub fn key(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+/// The prefix under which every `<ns>/...` key of a namespace lies.
+pub fn ns_prefix(ns: &str) -> Vec<u8> {
+    key(ns, "")
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("metadata store: corrupt record: {e}")))
+}
+
+/// Reads and decodes one record.
+pub fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>> {
+    tree.get(key)?.map(|v| decode(&v)).transpose()
+}
+
+/// Decodes every record under a prefix, with the key's tail after the prefix.
+pub fn scan<T: DeserializeOwned>(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for kv in tree.scan_prefix(prefix) {
+        let (k, v) = kv?;
+        let tail = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        out.push((tail, decode(&v)?));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContentRecord {
+    pub size: i64,
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// An OCI descriptor as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub target: Descriptor,
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}

@@ -1,0 +1,1 @@
+//! Snapshot records in the `snapshots` tree (see the schema in `store`).
