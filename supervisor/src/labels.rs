@@ -71,11 +71,8 @@ mod tests {
     #[test]
     fn mask_sets_and_removes_single_keys() {
         let mut cur = l(&[("a", "1"), ("b", "2")]);
-        let rest = apply_mask(
-            &mut cur,
-            &l(&[("a", "9")]),
-            &["labels.a".into(), "labels.b".into(), "target".into()],
-        );
+        let paths = ["labels.a".into(), "labels.b".into(), "target".into()];
+        let rest = apply_mask(&mut cur, &l(&[("a", "9")]), &paths);
         assert_eq!(cur, l(&[("a", "9")]));
         assert_eq!(rest, vec!["target"]);
     }

@@ -4,9 +4,16 @@
 //! proto-free types), which uses the stores: `store` (sled metadata), `content` (blobs),
 //! `snapshot` (filesystem trees) and `image` (references, archives, unpacking).
 
+pub mod content;
 pub mod error;
 pub mod filters;
 pub mod image;
 pub mod labels;
+pub mod mount;
 pub mod snapshot;
 pub mod store;
+pub mod events;
+pub mod service;
+pub mod config;
+pub mod daemon;
+pub mod server;

@@ -1,2 +1,131 @@
-//! supd: the sup daemon.
-fn main() {}
+//! supd: the sup daemon. Parses flags, sets up logging, and runs the server until SIGTERM or
+//! SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+use sup_supervisor::config::Config;
+use sup_supervisor::{daemon, server};
+
+#[derive(Parser, Debug)]
+#[command(name = "supd", version, about = "The sup container supervisor daemon")]
+struct Flags {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Persistent data directory [default: /var/lib/sup].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Runtime state directory [default: /run/sup].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Unix socket to serve the API on [default: /run/sup/sup.sock].
+    #[arg(long, value_name = "PATH")]
+    address: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. "debug" (also SUP_LOG).
+    #[arg(long, value_name = "FILTER", env = "SUP_LOG")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let mut cfg = match &flags.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("supd: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(r) = flags.root {
+        cfg.root = r;
+    }
+    if let Some(s) = flags.state {
+        cfg.state = s;
+    }
+    if let Some(a) = flags.address {
+        cfg.address = a;
+    }
+    if let Some(f) = flags.log_format {
+        cfg.log.format = f;
+    }
+    if let Some(l) = flags.log_level {
+        cfg.log.level = l;
+    }
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("supd: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("supd")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("supd: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "supd failed");
+            eprintln!("supd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&cfg.log.level)
+        .map_err(|e| anyhow::anyhow!("log level {:?}: {e}", cfg.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cfg.log.format.as_str() {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("log format {other:?}: must be text or json"),
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _lock = daemon::prepare(&cfg)?;
+    let services = Arc::new(daemon::open_services(&cfg)?);
+    let listener = daemon::bind(&cfg.address)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        root = %cfg.root.display(),
+        state = %cfg.state.display(),
+        address = %cfg.address.display(),
+        snapshotters = ?services.snapshotters.keys().collect::<Vec<_>>(),
+        "supd serving"
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let result = server::serve(services.clone(), listener, shutdown).await;
+    let _ = std::fs::remove_file(&cfg.address);
+    services.store.flush().await?;
+    result?;
+    tracing::info!("supd stopped");
+    Ok(())
+}

@@ -2,4 +2,6 @@
 
 pub mod apply;
 pub mod compression;
+pub mod oci;
+pub mod platform;
 pub mod reference;

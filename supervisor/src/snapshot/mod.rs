@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::labels::Labels;
 
+mod common;
+mod copy;
 pub mod native;
 pub mod overlay;
+mod tree;
 
 #[cfg(test)]
 mod conformance;

@@ -1,0 +1,48 @@
+//! The daemon's logic, in proto-free types. The gRPC adaptors in `server` and in-process
+//! callers (the CRI layer) share these paths.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::content::ContentStore;
+use crate::error::{Error, Result};
+use crate::events::Exchange;
+use crate::snapshot::Snapshotter;
+use crate::store::Store;
+
+pub mod images;
+pub mod namespaces;
+pub mod snapshots;
+
+/// Everything the services share. One per daemon, behind an `Arc`.
+pub struct Services {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub store: Store,
+    pub content: ContentStore,
+    pub snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
+    pub default_snapshotter: String,
+    pub events: Exchange,
+}
+
+impl Services {
+    /// The named snapshotter, or the default one for an empty name.
+    pub fn snapshotter(&self, name: &str) -> Result<Arc<dyn Snapshotter>> {
+        let name = if name.is_empty() {
+            self.default_snapshotter.as_str()
+        } else {
+            name
+        };
+        self.snapshotters.get(name).cloned().ok_or_else(|| {
+            Error::invalid(format!(
+                "snapshotter {name:?}: not available (have: {})",
+                self.snapshotters
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+}

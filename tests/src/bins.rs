@@ -1,0 +1,46 @@
+//! Where the binaries under test are: `SUP_BIN_DIR`, or the target directory this test or
+//! bench executable was built into (`target/<profile>/deps/x` -> `target/<profile>/`).
+
+use std::path::{Path, PathBuf};
+
+/// Directory holding supd, supctl and sup-shim.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SUP_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("path of the running test executable");
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a parent directory")
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (`cargo build -p sup-supervisor -p sup-client`, with \
+         --release for benches) or point SUP_BIN_DIR at the directory holding it",
+        path.display()
+    );
+    path
+}
+
+/// Path of the supd binary.
+pub fn supd() -> PathBuf {
+    binary("supd")
+}
+
+/// Path of the supctl binary.
+pub fn supctl() -> PathBuf {
+    binary("supctl")
+}
+
+/// True when `path` lies inside `dir` (both taken literally, no symlink resolution).
+pub fn is_under(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
