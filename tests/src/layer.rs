@@ -93,6 +93,7 @@ impl LayerBuilder {
             mtime: DEFAULT_MTIME,
             xattrs: Vec::new(),
             pax_path: false,
+            ustar_name: None,
         });
         self.entries.last_mut().expect("just pushed")
     }

@@ -35,6 +35,9 @@ pub struct Entry {
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// Put the name (and link name) in a PAX header even when it fits the ustar field.
     pub pax_path: bool,
+    /// What the ustar name field says when the name travels in PAX (default: the name,
+    /// truncated): lets a test make the two disagree.
+    pub ustar_name: Option<String>,
 }
 
 impl Entry {
@@ -62,6 +65,13 @@ impl Entry {
 
     pub fn pax_path(&mut self) -> &mut Self {
         self.pax_path = true;
+        self
+    }
+
+    /// Puts the name in PAX and `decoy` in the ustar name field.
+    pub fn ustar_decoy(&mut self, decoy: &str) -> &mut Self {
+        self.pax_path = true;
+        self.ustar_name = Some(decoy.to_string());
         self
     }
 
@@ -137,7 +147,10 @@ pub fn append<W: Write>(builder: &mut tar::Builder<W>, entry: &Entry) -> io::Res
 
     let (entry_type, data) = entry.type_and_data();
     let mut header = Header::new_ustar();
-    put(&mut header.as_old_mut().name, &name);
+    match &entry.ustar_name {
+        Some(decoy) => put(&mut header.as_old_mut().name, decoy.as_bytes()),
+        None => put(&mut header.as_old_mut().name, &name),
+    }
     if let Some(link) = &link {
         put(&mut header.as_old_mut().linkname, link);
     }

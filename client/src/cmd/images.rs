@@ -4,7 +4,7 @@
 mod mount;
 mod transfer;
 
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sup_client::api::{
@@ -13,7 +13,7 @@ use sup_client::api::{
 
 use super::args::{parse_platform, platform_string};
 use super::output::{descriptor_json, human_size, image_json, labels_text, platform_json};
-use super::output::{print_json, print_text, relative_time, time_json, Format, OutputArg, Table};
+use super::output::{print_json, print_text, relative_time, to_datetime, Format, OutputArg, Table};
 use super::{report, Context, Exit};
 
 /// How many Inspect calls `images ls` makes at once for the SIZE column.
@@ -209,8 +209,8 @@ fn inspect_text(r: &InspectImageResponse) -> String {
         if !image.labels.is_empty() {
             field("Labels:", labels_text(&image.labels));
         }
-        if let Value::String(created) = time_json(image.created_at.as_ref()) {
-            field("Created:", created);
+        if let Some(created) = to_datetime(image.created_at.as_ref()) {
+            field("Created:", created.to_rfc3339_opts(SecondsFormat::Secs, true));
         }
     }
     let platforms: Vec<String> = r.platforms.iter().map(platform_string).collect();

@@ -166,13 +166,29 @@ pub fn status_message(status: &tonic::Status) -> String {
     } else {
         message.to_string()
     };
+    // Only statuses made on this side carry a source: the transport failed, not supd.
     if let Some(source) = std::error::Error::source(status) {
         let cause = root_cause(source);
         if !text.contains(&cause) {
             text = format!("{text}: {cause}");
         }
+        text = format!("lost the connection to supd: {text}");
     }
-    text
+    printable(&text)
+}
+
+/// Escapes control characters, so that a message quoting hostile input (a name, bytes of a
+/// bad archive) cannot move the cursor or recolour the user's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// One line for an error chain, with any daemon status shown by its message, never as a
@@ -233,6 +249,13 @@ mod tests {
         let status = tonic::Status::invalid_argument("bad reference");
         let err = anyhow::Error::from(status).context("importing a.tar");
         assert_eq!(describe(&err), "importing a.tar: bad reference");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let status = tonic::Status::invalid_argument("bad\nname \"\u{1b}[31mred\"");
+        let err = anyhow::Error::from(status);
+        assert_eq!(describe(&err), "bad\\nname \"\\u{1b}[31mred\"");
     }
 
     #[test]

@@ -273,13 +273,12 @@ fn remove_refused_while_children_exist(imp: &'static Impl) {
     sn.prepare(NS, "child", Some("base"), Labels::new())
         .unwrap();
     sn.view(NS, "view", Some("base"), Labels::new()).unwrap();
-    for _ in 0..2 {
+    for child in ["child", "view"] {
         let err = sn.remove(NS, "base").unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
         assert!(err.to_string().contains("\"base\""), "{err}");
-        sn.remove(NS, "child").unwrap();
+        sn.remove(NS, child).unwrap();
     }
-    sn.remove(NS, "view").unwrap();
     sn.remove(NS, "base").unwrap();
     assert!(sn.remove(NS, "base").unwrap_err().is_not_found());
     assert!(sn.list(NS).unwrap().is_empty());

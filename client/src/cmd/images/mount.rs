@@ -139,11 +139,19 @@ pub async fn unmount(ctx: &Context, args: UnmountArgs) -> anyhow::Result<()> {
     match remove_view(client, &snapshotter, &key).await {
         Ok(()) => Ok(()),
         Err(status) if status.code() == Code::NotFound => {
-            if unmounted {
-                Ok(())
-            } else {
-                bail!("{} is not mounted by supctl", dir.display())
+            if !unmounted {
+                bail!("{} is not mounted by supctl", dir.display());
             }
+            // Likely mounted from another snapshotter: its view would stay behind unseen.
+            if mounts.is_none() {
+                report(&anyhow!(
+                    "warning: unmounted {}, but the snapshotter has no view {key:?}; if it was \
+                     mounted with --snapshotter NAME, run `supctl snapshots rm --snapshotter \
+                     NAME {key}`",
+                    dir.display()
+                ));
+            }
+            Ok(())
         }
         Err(status) => Err(status.into()),
     }

@@ -107,10 +107,16 @@ pub async fn import(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
     let first = ImportRequest {
         payload: Some(import_request::Payload::Options(options)),
     };
-    let requests = futures::stream::once(async move { first }).chain(chunks);
+    // Once the last chunk is handed over, the daemon is busy storing and verifying.
+    let sent_all = bar.clone();
+    let tail = futures::stream::once(async move { sent_all.wait("storing", String::new()) })
+        .filter_map(|()| async { None::<ImportRequest> });
+    let requests = futures::stream::once(async move { first })
+        .chain(chunks)
+        .chain(tail);
 
     let outcome = tokio::select! {
-        outcome = send_import(client, requests, &bar, total) => outcome,
+        outcome = send_import(client, requests, &bar) => outcome,
         Ok(err) = failed_rx => {
             Err(anyhow::Error::from(err).context(format!("reading {}", args.file)))
         }
@@ -192,14 +198,13 @@ async fn send_import(
     client: &Client,
     requests: impl Stream<Item = ImportRequest> + Send + 'static,
     bar: &Bar,
-    total: Option<u64>,
 ) -> anyhow::Result<Vec<Image>> {
     let mut responses = client.images().import(requests).await?.into_inner();
     let mut images = None;
     while let Some(response) = responses.message().await? {
         match response.payload {
             Some(import_response::Payload::Progress(progress)) => {
-                show_import_progress(bar, &progress, total)
+                show_import_progress(bar, &progress)
             }
             Some(import_response::Payload::Result(result)) => images = Some(result.images),
             None => {}
@@ -208,16 +213,10 @@ async fn send_import(
     images.ok_or_else(|| anyhow!("supd ended the import without reporting its result"))
 }
 
-fn show_import_progress(bar: &Bar, progress: &ImportProgress, total: Option<u64>) {
+fn show_import_progress(bar: &Bar, progress: &ImportProgress) {
     match progress.stage.as_str() {
-        // The bar already counts the bytes sent; once the daemon has them all it is busy
-        // storing and verifying.
-        "receiving" => {
-            let received = u64::try_from(progress.bytes_received).unwrap_or(0);
-            if total.is_some_and(|total| received >= total) {
-                bar.wait("storing", String::new());
-            }
-        }
+        // The bar already counts the bytes as they are sent.
+        "receiving" => {}
         "unpacking" => {
             let index = u64::try_from(progress.layer_index).unwrap_or(0);
             let count = u64::try_from(progress.layer_count).unwrap_or(0);

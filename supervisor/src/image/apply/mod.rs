@@ -180,8 +180,9 @@ struct Applier {
     cache: Option<Parent>,
     /// Bumped by every removal, which invalidates resolved paths.
     generation: u64,
-    /// Delete mode: inodes this layer wrote, which its own whiteouts must spare.
-    kept: Option<HashSet<u64>>,
+    /// Inodes this layer wrote, which its own whiteouts must spare (copied-up parents and
+    /// whiteout devices are not among them).
+    kept: HashSet<u64>,
     /// Directory times, set at the end, after their children are written.
     dir_times: Vec<(Vec<u8>, Timestamps)>,
     buf: Vec<u8>,
@@ -208,7 +209,7 @@ impl Applier {
             overlay,
             cache: None,
             generation: 0,
-            kept: (!overlay).then(HashSet::new),
+            kept: HashSet::new(),
             dir_times: Vec::new(),
             buf: vec![0; COPY_BUFFER],
         })
@@ -298,26 +299,20 @@ impl Applier {
             .ok_or_else(|| Error::internal("parent directory vanished while being created"))
     }
 
-    /// Delete mode: remembers an inode this layer wrote.
+    /// Remembers an inode this layer wrote.
     fn keep_ino(&mut self, ino: u64) {
-        if let Some(kept) = &mut self.kept {
-            kept.insert(ino);
-        }
+        self.kept.insert(ino);
     }
 
     fn keep_fd(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
-        if self.kept.is_some() {
-            let st = rustix::fs::fstat(fd).map_err(|e| fsops::fail("inspecting a new file", e))?;
-            self.keep_ino(st.st_ino);
-        }
+        let st = rustix::fs::fstat(fd).map_err(|e| fsops::fail("inspecting a new file", e))?;
+        self.keep_ino(st.st_ino);
         Ok(())
     }
 
     fn keep_at(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
-        if self.kept.is_some() {
-            if let Some(st) = fsops::stat_at(dir, name)? {
-                self.keep_ino(st.st_ino);
-            }
+        if let Some(st) = fsops::stat_at(dir, name)? {
+            self.keep_ino(st.st_ino);
         }
         Ok(())
     }

@@ -3,13 +3,14 @@
 //! the tar lists them in.
 //!
 //! Overlay mode writes what overlayfs reads: a 0:0 character device, or the
-//! `trusted.overlay.opaque` xattr. Since the root only holds this layer's changes, neither
-//! touches anything the layer wrote. Delete mode removes from the full copy of the parent,
-//! sparing the inodes this layer wrote (`Applier::kept`).
+//! `trusted.overlay.opaque` xattr. Delete mode removes from the full copy of the parent.
+//! Both spare the inodes this layer wrote (`Applier::kept`), so that the order of a whiteout
+//! and the layer's own entries in the tar does not matter.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::{FileType, Mode};
+use rustix::io::Errno;
 
 use super::fsops::{self, fail, file_type, open_dir, quoted, stat_at};
 use super::{xattr, Applier};
@@ -24,19 +25,10 @@ impl Applier {
         };
         let dir = parent.fd.as_fd();
         let done = if self.overlay {
-            match stat_at(dir, hidden)? {
-                None => rustix::fs::mknodat(dir, hidden, FileType::CharacterDevice, Mode::empty(), 0)
-                    .map_err(|e| fail(format_args!("creating whiteout {}", quoted(hidden)), e)),
-                // This layer's directory: keep it, hide what the lowers had in it.
-                Some(st) if file_type(&st) == FileType::Directory => open_dir(dir, hidden)
-                    .map_err(|e| fail(format_args!("opening {}", quoted(hidden)), e))
-                    .and_then(|fd| xattr::set_opaque(fd.as_fd())),
-                // A whiteout already, or this layer's file, which hides the lower one itself.
-                Some(_) => Ok(()),
-            }
+            self.overlay_whiteout(dir, hidden)
         } else {
             self.generation += 1;
-            fsops::remove_tree(dir, hidden, self.kept.as_ref())
+            fsops::remove_tree(dir, hidden, Some(&self.kept))
         };
         self.release(parent);
         done
@@ -54,9 +46,34 @@ impl Applier {
                 .map_err(|e| fail(format_args!("opening {}", quoted(key)), e))
                 .and_then(|fd| xattr::set_opaque(fd.as_fd()))
         } else {
-            fsops::remove_children(dir.fd.as_fd(), b"", self.kept.as_ref())
+            fsops::remove_children(dir.fd.as_fd(), b"", Some(&self.kept))
         };
         self.release(dir);
         done
     }
+
+    fn overlay_whiteout(&mut self, dir: BorrowedFd<'_>, hidden: &[u8]) -> Result<()> {
+        let Some(st) = stat_at(dir, hidden)? else {
+            return make_whiteout(dir, hidden);
+        };
+        // A whiteout already, or this layer's own file, which hides the lower one by itself.
+        if file_type(&st) != FileType::Directory {
+            return Ok(());
+        }
+        // A directory in the root holds what this layer wrote there, plus copied-up parents
+        // and whiteouts: drop the latter, and if something of the layer's is left, keep the
+        // directory but hide what the lowers had in it.
+        self.generation += 1;
+        fsops::remove_tree(dir, hidden, Some(&self.kept))?;
+        match open_dir(dir, hidden) {
+            Ok(fd) => xattr::set_opaque(fd.as_fd()),
+            Err(Errno::NOENT) => make_whiteout(dir, hidden),
+            Err(e) => Err(fail(format_args!("opening {}", quoted(hidden)), e)),
+        }
+    }
+}
+
+fn make_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+        .map_err(|e| fail(format_args!("creating whiteout {}", quoted(name)), e))
 }
