@@ -98,6 +98,8 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         snapshotters,
         default_snapshotter,
         events: Exchange::new(),
+        #[cfg(feature = "tasks-wip")]
+        tasks: Default::default(),
     })
 }
 

@@ -80,6 +80,19 @@ impl Error {
     }
 }
 
+/// Makes text from untrusted input fit for an error message: printable ASCII only, bounded.
+pub fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .take(300)
+        .collect();
+    if text.chars().count() > 300 {
+        out.push_str("...");
+    }
+    out
+}
+
 impl From<io::Error> for Error {
     fn from(err: io::Error) -> Self {
         Error::io("i/o", err)

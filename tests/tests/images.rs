@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use sup_client::api;
 use sup_tests::busybox::{busybox_bytes, busybox_image, APPLETS};
 use sup_tests::image::{name_annotations, read_archive, OCI_INDEX, OCI_MANIFEST, OCI_REF_NAME};
+use sup_tests::digest::hex_part;
 use sup_tests::model::image_tree;
 use sup_tests::rpc::{self, expect_code, import_ok, options};
 use sup_tests::view::view_image;

@@ -210,7 +210,10 @@ fn inspect_text(r: &InspectImageResponse) -> String {
             field("Labels:", labels_text(&image.labels));
         }
         if let Some(created) = to_datetime(image.created_at.as_ref()) {
-            field("Created:", created.to_rfc3339_opts(SecondsFormat::Secs, true));
+            field(
+                "Created:",
+                created.to_rfc3339_opts(SecondsFormat::Secs, true),
+            );
         }
     }
     let platforms: Vec<String> = r.platforms.iter().map(platform_string).collect();

@@ -48,7 +48,9 @@ impl Bar {
     fn with_bar(&self, f: impl FnOnce(&mut ProgressBar)) {
         if let Some(current) = &self.current {
             // A poisoned lock only means a panic elsewhere; the bar itself is still usable.
-            let mut bar = current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut bar = current
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut bar);
         }
     }

@@ -167,12 +167,18 @@ mod tests {
                 "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
                 Some(Gzip),
             ),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Gzip)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Gzip),
+            ),
             (
                 "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
                 Some(Gzip),
             ),
-            ("Application/VND.oci.image.layer.v1.tar+gzip; x=y", Some(Gzip)),
+            (
+                "Application/VND.oci.image.layer.v1.tar+gzip; x=y",
+                Some(Gzip),
+            ),
             ("application/octet-stream", Option::None),
             ("", Option::None),
         ];
@@ -217,19 +223,24 @@ mod tests {
         let mid = gz.len() / 2;
         gz[mid] ^= 0xff;
         gz[mid + 1] ^= 0x55;
-        eprintln!("gz len {} mid {mid}", gz.len());
-        let mut direct = Vec::new();
-        let r = flate2::bufread::MultiGzDecoder::new(&gz[..]).read_to_end(&mut direct);
-        eprintln!("direct: {:?} {}", r.map_err(|e| e.to_string()), direct.len());
-        let err = read_all(open_layer(&gz[..], "").unwrap()).map(|v| v.len()).unwrap_err();
+        let err = read_all(open_layer(&gz[..], "").unwrap())
+            .map(|v| v.len())
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("corrupt gzip data"), "{err}");
 
-        let mut zs = zstd::encode_all(&data[..], 3).unwrap();
+        // Without the optional content checksum zstd cannot notice every flipped bit (the
+        // diff ID check does); with it, corruption is an error.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.write_all(&data).unwrap();
+        let mut zs = enc.finish().unwrap();
         let mid = zs.len() / 2;
         zs[mid] ^= 0xff;
         zs[mid + 1] ^= 0x55;
-        let err = read_all(open_layer(&zs[..], "").unwrap()).unwrap_err();
+        let err = read_all(open_layer(&zs[..], "").unwrap())
+            .map(|v| v.len())
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("corrupt zstd data"), "{err}");
     }
@@ -238,10 +249,21 @@ mod tests {
     fn truncated_data_is_invalid_data() {
         let data = b"truncate me".repeat(4096);
         let gz = gzip(&data);
-        let err = read_all(open_layer(&gz[..gz.len() / 2], "").unwrap()).unwrap_err();
+        let err = read_all(open_layer(&gz[..gz.len() / 2], "").unwrap())
+            .map(|v| v.len())
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         let zs = zstd::encode_all(&data[..], 3).unwrap();
-        let err = read_all(open_layer(&zs[..zs.len() / 2], "").unwrap()).unwrap_err();
+        let err = read_all(open_layer(&zs[..zs.len() / 2], "").unwrap())
+            .map(|v| v.len())
+            .unwrap_err();
+        assert!(err.to_string().contains("corrupt zstd data"), "{err}");
+
+        let mut garbage = ZSTD_MAGIC.to_vec();
+        garbage.extend(b"definitely not a zstd frame header or block".repeat(10));
+        let err = read_all(open_layer(&garbage[..], "").unwrap())
+            .map(|v| v.len())
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 }

@@ -15,12 +15,16 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::error::{Error, Result};
 use crate::service::Services;
 
+#[cfg(feature = "tasks-wip")]
+pub mod containers;
 pub mod content;
 pub mod convert;
 pub mod events;
 pub mod images;
 pub mod namespaces;
 pub mod snapshots;
+#[cfg(feature = "tasks-wip")]
+pub mod tasks;
 pub mod version;
 
 /// Largest request or response message (archive and blob chunks are far smaller).
@@ -40,6 +44,8 @@ pub async fn serve(
         "sup.v1.Images",
         "sup.v1.Snapshots",
         "sup.v1.Events",
+        "sup.v1.Containers",
+        "sup.v1.Tasks",
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -90,6 +96,7 @@ pub async fn serve(
         )
         .add_service(SnapshotsServer::new(snapshots::SnapshotsApi(s.clone())))
         .add_service(EventsServer::new(events::EventsApi(s.clone())))
+
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::internal(format!("gRPC server: {e}")))

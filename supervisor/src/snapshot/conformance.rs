@@ -1,162 +1,18 @@
 //! The conformance suite every snapshotter must pass, written once over `dyn Snapshotter` and
 //! instantiated for each implementation at the bottom. Contents are checked the way a
-//! container sees them: through real mounts.
+//! container sees them: through real mounts (see `harness`).
+
+mod harness;
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-use super::{Kind, Mount, Snapshotter, WhiteoutMode};
+use self::harness::{labels, layer, Env, Impl, NATIVE, NS, OVERLAY};
+use super::{Kind, WhiteoutMode};
 use crate::error::Error;
 use crate::labels::Labels;
-use crate::mount::{mount_all, unmount_all};
 use crate::store::snapshots::{self as records, SnapshotRecord};
-use crate::store::Store;
-
-/// How to make one implementation, and what it documents about itself.
-struct Impl {
-    name: &'static str,
-    open: fn(&Path, Store) -> crate::error::Result<Box<dyn Snapshotter>>,
-    whiteouts: WhiteoutMode,
-}
-
-const OVERLAY: Impl = Impl {
-    name: "overlayfs",
-    open: |root, store| {
-        Ok(Box::new(super::overlay::OverlaySnapshotter::new(
-            root, store,
-        )?))
-    },
-    whiteouts: WhiteoutMode::Overlay,
-};
-
-const NATIVE: Impl = Impl {
-    name: "native",
-    open: |root, store| {
-        Ok(Box::new(super::native::NativeSnapshotter::new(
-            root, store,
-        )?))
-    },
-    whiteouts: WhiteoutMode::Delete,
-};
-
-/// A snapshotter on its own temporary root and store. Dropping it unmounts anything a
-/// failed test left mounted below the root before the directory goes.
-struct Env {
-    imp: &'static Impl,
-    sn: Option<Box<dyn Snapshotter>>,
-    store: Option<Store>,
-    mounts: AtomicUsize,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(imp: &'static Impl) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let mut env = Env {
-            imp,
-            sn: None,
-            store: None,
-            mounts: AtomicUsize::new(0),
-            dir,
-        };
-        env.reopen();
-        env
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("snapshots").join(self.imp.name)
-    }
-
-    fn sn(&self) -> &dyn Snapshotter {
-        self.sn.as_deref().unwrap()
-    }
-
-    /// Drops the snapshotter and the database, then opens both again, as a restart would.
-    fn reopen(&mut self) {
-        self.sn = None;
-        self.store = None;
-        let store = Store::open(&self.dir.path().join("meta.db")).unwrap();
-        self.sn = Some((self.imp.open)(&self.root(), store.clone()).unwrap());
-        self.store = Some(store);
-    }
-
-    /// Mounts `mounts` on a fresh directory, unmounted when the guard drops.
-    fn mount(&self, mounts: &[Mount]) -> Mounted<'_> {
-        let n = self.mounts.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.path().join("mnt").join(n.to_string());
-        fs::create_dir_all(&path).unwrap();
-        let guard = Mounted { path, _env: self };
-        mount_all(mounts, &guard.path).unwrap();
-        guard
-    }
-
-    fn mount_key(&self, ns: &str, key: &str) -> Mounted<'_> {
-        self.mount(&self.sn().mounts(ns, key).unwrap())
-    }
-
-    fn data_dirs(&self, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.root().join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = unmount_all(self.dir.path());
-    }
-}
-
-struct Mounted<'a> {
-    path: PathBuf,
-    _env: &'a Env,
-}
-
-impl Mounted<'_> {
-    fn p(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
-    fn read(&self, rel: &str) -> Option<String> {
-        fs::read_to_string(self.p(rel)).ok()
-    }
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        unmount_all(&self.path).unwrap();
-    }
-}
-
-const NS: &str = "default";
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// Makes a committed snapshot `name` over `parent` whose mount got `files` written.
-fn layer(env: &Env, name: &str, parent: Option<&str>, files: &[(&str, &str)]) {
-    let key = format!("{name}-active");
-    let mounts = env.sn().prepare(NS, &key, parent, Labels::new()).unwrap();
-    {
-        let m = env.mount(&mounts);
-        for (path, content) in files {
-            if let Some(dir) = m.p(path).parent() {
-                fs::create_dir_all(dir).unwrap();
-            }
-            fs::write(m.p(path), content).unwrap();
-        }
-    }
-    env.sn().commit(NS, name, &key, Labels::new()).unwrap();
-}
 
 fn prepare_commit_view_chain(imp: &'static Impl) {
     let env = Env::new(imp);
@@ -453,7 +309,7 @@ fn remove_leaves_nothing_behind(imp: &'static Impl) {
     {
         let top = env.mount_key(NS, "top");
         fs::remove_file(top.p("more")).unwrap();
-        fs::set_permissions(top.p("deep"), fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(top.p("deep"), fs::Permissions::from_mode(0o000)).unwrap();
     }
     assert_eq!(env.data_dirs("snapshots").len(), 4);
     for key in ["v", "top", "mid", "base"] {

@@ -19,7 +19,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::tree::{file_type, fs_err, open_dir, walk, Visitor};
+use super::tree::{file_type, fs_err, inode, linked, open_dir, walk, Node, Visitor};
 use crate::error::{Error, Result};
 
 /// Copies the directory `src` to `dst`, which must not exist yet.
@@ -58,39 +58,37 @@ struct Copier {
 impl Visitor for Copier {
     type Ctx = Dest;
 
-    fn entry(
-        &mut self,
-        to: &Dest,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        st: &Stat,
-        path: &Path,
-    ) -> Result<()> {
+    fn entry(&mut self, to: &Dest, node: &Node<'_>) -> Result<()> {
+        let Node {
+            dir,
+            name,
+            st,
+            path,
+        } = *node;
         let dst_path = to.path.join(OsStr::from_bytes(name.to_bytes()));
-        let ino = (u64::from(st.st_dev), u64::from(st.st_ino));
-        if u64::from(st.st_nlink) > 1 {
-            if let Some(first) = self.links.get(&ino) {
+        if linked(st) {
+            if let Some(first) = self.links.get(&inode(st)) {
                 return rustix::fs::linkat(rustix::fs::CWD, first, &to.fd, name, AtFlags::empty())
                     .map_err(|e| fs_err(&dst_path, "linking", e));
             }
         }
         match file_type(st) {
-            FileType::RegularFile => copy_file(dir, name, to.fd.as_fd(), st, path, &dst_path)?,
+            FileType::RegularFile => copy_file(node, to.fd.as_fd(), &dst_path)?,
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(dir, name, Vec::new())
                     .map_err(|e| fs_err(path, "reading", e))?;
                 rustix::fs::symlinkat(target.as_c_str(), &to.fd, name)
                     .map_err(|e| fs_err(&dst_path, "creating", e))?;
-                copy_meta_at(to.fd.as_fd(), name, st, path, &dst_path)?;
+                copy_meta_at(node, to.fd.as_fd(), &dst_path)?;
             }
             kind @ (FileType::CharacterDevice
             | FileType::BlockDevice
             | FileType::Fifo
             | FileType::Socket) => {
                 let mode = Mode::from_raw_mode(st.st_mode);
-                rustix::fs::mknodat(&to.fd, name, kind, mode, u64::from(st.st_rdev))
+                rustix::fs::mknodat(&to.fd, name, kind, mode, device(st))
                     .map_err(|e| fs_err(&dst_path, "creating", e))?;
-                copy_meta_at(to.fd.as_fd(), name, st, path, &dst_path)?;
+                copy_meta_at(node, to.fd.as_fd(), &dst_path)?;
             }
             other => {
                 return Err(Error::invalid(format!(
@@ -99,27 +97,19 @@ impl Visitor for Copier {
                 )));
             }
         }
-        if u64::from(st.st_nlink) > 1 {
-            self.links.insert(ino, dst_path);
+        if linked(st) {
+            self.links.insert(inode(st), dst_path);
         }
         Ok(())
     }
 
-    fn enter(
-        &mut self,
-        to: &Dest,
-        _: BorrowedFd<'_>,
-        name: &CStr,
-        _: &Stat,
-        _: BorrowedFd<'_>,
-        _: &Path,
-    ) -> Result<Dest> {
-        let path = to.path.join(OsStr::from_bytes(name.to_bytes()));
-        rustix::fs::mkdirat(&to.fd, name, Mode::from_raw_mode(0o700))
+    fn enter(&mut self, to: &Dest, node: &Node<'_>, _: BorrowedFd<'_>) -> Result<Dest> {
+        let path = to.path.join(OsStr::from_bytes(node.name.to_bytes()));
+        rustix::fs::mkdirat(&to.fd, node.name, Mode::from_raw_mode(0o700))
             .map_err(|e| fs_err(&path, "creating", e))?;
         let fd = rustix::fs::openat(
             &to.fd,
-            name,
+            node.name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -127,28 +117,26 @@ impl Visitor for Copier {
         Ok(Dest { fd, path })
     }
 
-    fn leave(
-        &mut self,
-        _: &Dest,
-        _: BorrowedFd<'_>,
-        _: &CStr,
-        st: &Stat,
-        inner: Dest,
-        fd: BorrowedFd<'_>,
-        path: &Path,
-    ) -> Result<()> {
-        copy_meta_fd(fd, inner.fd.as_fd(), st, path, &inner.path)
+    fn leave(&mut self, _: &Dest, node: &Node<'_>, fd: BorrowedFd<'_>, inner: Dest) -> Result<()> {
+        copy_meta_fd(fd, inner.fd.as_fd(), node.st, node.path, &inner.path)
     }
 }
 
-fn copy_file(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    to: BorrowedFd<'_>,
-    st: &Stat,
-    path: &Path,
-    dst_path: &Path,
-) -> Result<()> {
+/// The device number of a device node.
+// The field's type differs between architectures.
+#[allow(clippy::useless_conversion)]
+fn device(st: &Stat) -> u64 {
+    u64::from(st.st_rdev)
+}
+
+/// Copies the regular file `node` into the directory `to`.
+fn copy_file(node: &Node<'_>, to: BorrowedFd<'_>, dst_path: &Path) -> Result<()> {
+    let Node {
+        dir,
+        name,
+        st,
+        path,
+    } = *node;
     let src = rustix::fs::openat(
         dir,
         name,
@@ -263,15 +251,10 @@ fn copy_meta_fd(
 }
 
 /// The same for symlinks and special files, which cannot be opened safely, by name.
-fn copy_meta_at(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    st: &Stat,
-    path: &Path,
-    dst_path: &Path,
-) -> Result<()> {
+fn copy_meta_at(node: &Node<'_>, to: BorrowedFd<'_>, dst_path: &Path) -> Result<()> {
+    let Node { name, st, path, .. } = *node;
     rustix::fs::chownat(
-        dir,
+        to,
         name,
         Some(uid(st)),
         Some(gid(st)),
@@ -279,7 +262,7 @@ fn copy_meta_at(
     )
     .map_err(|e| fs_err(dst_path, "changing the owner of", e))?;
     if file_type(st) != FileType::Symlink {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(st.st_mode), AtFlags::empty())
+        rustix::fs::chmodat(to, name, Mode::from_raw_mode(st.st_mode), AtFlags::empty())
             .map_err(|e| fs_err(dst_path, "changing the mode of", e))?;
     }
     let names = xattr_list(|buf| rustix::fs::llistxattr(path, buf))
@@ -296,7 +279,7 @@ fn copy_meta_at(
             dst_path,
         )?;
     }
-    rustix::fs::utimensat(dir, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)
+    rustix::fs::utimensat(to, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| fs_err(dst_path, "setting the times of", e))
 }
 
@@ -362,5 +345,42 @@ fn times(st: &Stat) -> Timestamps {
     Timestamps {
         last_access: ts(st.st_atime, st.st_atime_nsec),
         last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn snapshot_copy_keeps_holes_and_hardlinked_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let sparse = File::create(src.join("sparse")).unwrap();
+        sparse.set_len(64 << 20).unwrap();
+        sparse.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+        sparse.write_all_at(b"head", 0).unwrap();
+        drop(sparse);
+        std::os::unix::fs::symlink("sparse", src.join("link")).unwrap();
+        std::fs::hard_link(src.join("link"), src.join("link2")).unwrap();
+
+        let dst = dir.path().join("dst");
+        copy_tree(&src, &dst).unwrap();
+        let copy = std::fs::metadata(dst.join("sparse")).unwrap();
+        assert_eq!(copy.len(), 64 << 20);
+        assert!(copy.blocks() * 512 < 1 << 20, "holes were filled: {copy:?}");
+        let data = std::fs::read(dst.join("sparse")).unwrap();
+        assert_eq!(
+            (&data[..4], &data[data.len() - 4..]),
+            (&b"head"[..], &b"tail"[..])
+        );
+        let (a, b) = (
+            std::fs::symlink_metadata(dst.join("link")).unwrap(),
+            std::fs::symlink_metadata(dst.join("link2")).unwrap(),
+        );
+        assert!(a.file_type().is_symlink());
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
     }
 }

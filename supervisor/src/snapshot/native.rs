@@ -131,3 +131,58 @@ impl Snapshotter for NativeSnapshotter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mount::{mount_all, unmount_all};
+
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = unmount_all(&self.0);
+        }
+    }
+
+    /// A copy that fails halfway (here: on a mount point inside the parent, which it must
+    /// not descend into) leaves neither a record nor data behind.
+    #[test]
+    fn native_snapshot_failed_copy_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("meta.db")).unwrap();
+        let sn = NativeSnapshotter::new(&dir.path().join("native"), store).unwrap();
+        sn.prepare("ns", "a", None, Labels::new()).unwrap();
+        let base = sn.apply_target("ns", "a").unwrap().root;
+        fs::create_dir_all(base.join("sub/mnt")).unwrap();
+        fs::write(base.join("sub/file"), "x").unwrap();
+        sn.commit("ns", "base", "a", Labels::new()).unwrap();
+
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let target = base.join("sub/mnt");
+        let _guard = Unmount(target.clone());
+        let bind = Mount {
+            kind: "bind".into(),
+            source: elsewhere.to_string_lossy().into_owned(),
+            target: String::new(),
+            options: vec!["rbind".into(), "rw".into()],
+        };
+        mount_all(&[bind], &target).unwrap();
+
+        let err = sn
+            .prepare("ns", "child", Some("base"), Labels::new())
+            .unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("mount point"), "{err}");
+        assert!(sn.stat("ns", "child").unwrap_err().is_not_found());
+        let tmp = dir.path().join("native/tmp");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(sn.list("ns").unwrap().len(), 1);
+
+        unmount_all(&target).unwrap();
+        sn.prepare("ns", "child", Some("base"), Labels::new())
+            .unwrap();
+        let copied = sn.apply_target("ns", "child").unwrap().root;
+        assert_eq!(fs::read_to_string(copied.join("sub/file")).unwrap(), "x");
+    }
+}

@@ -235,3 +235,20 @@ impl Snapshotter for OverlaySnapshotter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_snapshot_support_probe_works_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        OverlaySnapshotter::supported(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+
+        let store = Store::open(&dir.path().join("meta.db")).unwrap();
+        let bad = dir.path().join("a,b");
+        let err = OverlaySnapshotter::new(&bad, store).err().unwrap();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+}

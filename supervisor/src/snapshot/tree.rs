@@ -70,42 +70,32 @@ pub(crate) fn list_names(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
     Ok(names)
 }
 
+/// One entry met by a walk: `dir` holds it as `name`.
+pub(crate) struct Node<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub name: &'a CStr,
+    pub st: &'a Stat,
+    pub path: &'a Path,
+}
+
 /// What a walk does at each entry. `Ctx` is what it carries per directory (the copy's
 /// destination directory, say).
 pub(crate) trait Visitor {
     type Ctx;
 
-    /// Any entry that is not a directory. `dir` holds it as `name`.
-    fn entry(
-        &mut self,
-        ctx: &Self::Ctx,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        st: &Stat,
-        path: &Path,
-    ) -> Result<()>;
+    /// Any entry that is not a directory.
+    fn entry(&mut self, ctx: &Self::Ctx, node: &Node<'_>) -> Result<()>;
 
     /// A directory, opened as `fd`, before its contents; returns its context.
-    fn enter(
-        &mut self,
-        ctx: &Self::Ctx,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        st: &Stat,
-        fd: BorrowedFd<'_>,
-        path: &Path,
-    ) -> Result<Self::Ctx>;
+    fn enter(&mut self, ctx: &Self::Ctx, node: &Node<'_>, fd: BorrowedFd<'_>) -> Result<Self::Ctx>;
 
     /// The same directory, after its contents.
     fn leave(
         &mut self,
         ctx: &Self::Ctx,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        st: &Stat,
-        inner: Self::Ctx,
+        node: &Node<'_>,
         fd: BorrowedFd<'_>,
-        path: &Path,
+        inner: Self::Ctx,
     ) -> Result<()>;
 }
 
@@ -115,7 +105,7 @@ struct Frame<C> {
     names: Vec<CString>,
     next: usize,
     path: PathBuf,
-    /// How the parent frame names this directory, and its stat (unused for the root).
+    /// How the parent frame names this directory, and its stat (None for the root).
     name: CString,
     st: Option<Stat>,
 }
@@ -127,8 +117,8 @@ pub(crate) fn walk<V: Visitor>(
     path: &Path,
     v: &mut V,
 ) -> Result<V::Ctx> {
-    let names = list_names(root.as_fd())
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let reading = |path: &Path, e| Error::io(format!("reading {}", path.display()), e);
+    let names = list_names(root.as_fd()).map_err(|e| reading(path, e))?;
     let mut stack = vec![Frame {
         fd: root,
         ctx,
@@ -147,15 +137,13 @@ pub(crate) fn walk<V: Visitor>(
             let (Some(parent), Some(st)) = (stack.last(), done.st) else {
                 return Ok(done.ctx);
             };
-            v.leave(
-                &parent.ctx,
-                parent.fd.as_fd(),
-                &done.name,
-                &st,
-                done.ctx,
-                done.fd.as_fd(),
-                &done.path,
-            )?;
+            let node = Node {
+                dir: parent.fd.as_fd(),
+                name: &done.name,
+                st: &st,
+                path: &done.path,
+            };
+            v.leave(&parent.ctx, &node, done.fd.as_fd(), done.ctx)?;
             continue;
         }
         let name = top.names[top.next].clone();
@@ -167,8 +155,14 @@ pub(crate) fn walk<V: Visitor>(
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(fs_err(&path, "inspecting", e)),
         };
+        let node = Node {
+            dir: top.fd.as_fd(),
+            name: &name,
+            st: &st,
+            path: &path,
+        };
         if file_type(&st) != FileType::Directory {
-            v.entry(&top.ctx, top.fd.as_fd(), &name, &st, &path)?;
+            v.entry(&top.ctx, &node)?;
             continue;
         }
         let fd = open_subdir(top.fd.as_fd(), &name).map_err(|e| match e.raw_os_error() {
@@ -177,9 +171,8 @@ pub(crate) fn walk<V: Visitor>(
             }
             _ => Error::io(format!("opening {}", path.display()), e),
         })?;
-        let ctx = v.enter(&top.ctx, top.fd.as_fd(), &name, &st, fd.as_fd(), &path)?;
-        let names = list_names(fd.as_fd())
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let ctx = v.enter(&top.ctx, &node, fd.as_fd())?;
+        let names = list_names(fd.as_fd()).map_err(|e| reading(&path, e))?;
         stack.push(Frame {
             fd,
             ctx,
@@ -192,6 +185,26 @@ pub(crate) fn walk<V: Visitor>(
     }
 }
 
+/// The same inode: device and inode number.
+// The field types differ between architectures, so the conversions are not always no-ops.
+#[allow(clippy::useless_conversion)]
+pub(crate) fn inode(st: &Stat) -> (u64, u64) {
+    (u64::from(st.st_dev), u64::from(st.st_ino))
+}
+
+/// Whether other names share this inode.
+#[allow(clippy::useless_conversion)]
+pub(crate) fn linked(st: &Stat) -> bool {
+    file_type(st) != FileType::Directory && u64::from(st.st_nlink) > 1
+}
+
+#[allow(clippy::useless_conversion)]
+fn bytes_used(st: &Stat) -> i64 {
+    i64::try_from(st.st_blocks)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(512)
+}
+
 /// Space and inodes under `root`, `root` included; a hardlinked inode counts once.
 pub(crate) fn disk_usage(root: &Path) -> Result<Usage> {
     struct Count {
@@ -200,52 +213,24 @@ pub(crate) fn disk_usage(root: &Path) -> Result<Usage> {
     }
     impl Count {
         fn add(&mut self, st: &Stat) {
-            let ino = (u64::from(st.st_dev), u64::from(st.st_ino));
-            if file_type(st) != FileType::Directory
-                && u64::from(st.st_nlink) > 1
-                && !self.seen.insert(ino)
-            {
+            if linked(st) && !self.seen.insert(inode(st)) {
                 return;
             }
             self.usage.inodes += 1;
-            self.usage.size += i64::from(st.st_blocks).saturating_mul(512);
+            self.usage.size = self.usage.size.saturating_add(bytes_used(st));
         }
     }
     impl Visitor for Count {
         type Ctx = ();
-        fn entry(
-            &mut self,
-            _: &(),
-            _: BorrowedFd<'_>,
-            _: &CStr,
-            st: &Stat,
-            _: &Path,
-        ) -> Result<()> {
-            self.add(st);
+        fn entry(&mut self, _: &(), node: &Node<'_>) -> Result<()> {
+            self.add(node.st);
             Ok(())
         }
-        fn enter(
-            &mut self,
-            _: &(),
-            _: BorrowedFd<'_>,
-            _: &CStr,
-            st: &Stat,
-            _: BorrowedFd<'_>,
-            _: &Path,
-        ) -> Result<()> {
-            self.add(st);
+        fn enter(&mut self, _: &(), node: &Node<'_>, _: BorrowedFd<'_>) -> Result<()> {
+            self.add(node.st);
             Ok(())
         }
-        fn leave(
-            &mut self,
-            _: &(),
-            _: BorrowedFd<'_>,
-            _: &CStr,
-            _: &Stat,
-            _: (),
-            _: BorrowedFd<'_>,
-            _: &Path,
-        ) -> Result<()> {
+        fn leave(&mut self, _: &(), _: &Node<'_>, _: BorrowedFd<'_>, _: ()) -> Result<()> {
             Ok(())
         }
     }
@@ -266,42 +251,18 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     struct Remove;
     impl Visitor for Remove {
         type Ctx = ();
-        fn entry(
-            &mut self,
-            _: &(),
-            dir: BorrowedFd<'_>,
-            name: &CStr,
-            st: &Stat,
-            path: &Path,
-        ) -> Result<()> {
-            unlink(dir, name, st, path)
+        fn entry(&mut self, _: &(), node: &Node<'_>) -> Result<()> {
+            unlink(node.dir, node.name, node.st, node.path)
         }
-        fn enter(
-            &mut self,
-            _: &(),
-            _: BorrowedFd<'_>,
-            _: &CStr,
-            _: &Stat,
-            fd: BorrowedFd<'_>,
-            _: &Path,
-        ) -> Result<()> {
+        fn enter(&mut self, _: &(), _: &Node<'_>, fd: BorrowedFd<'_>) -> Result<()> {
             // An immutable or append-only directory refuses both its own removal and that
             // of its entries.
             clear_flags(fd);
             Ok(())
         }
-        fn leave(
-            &mut self,
-            _: &(),
-            dir: BorrowedFd<'_>,
-            name: &CStr,
-            _: &Stat,
-            _: (),
-            _: BorrowedFd<'_>,
-            path: &Path,
-        ) -> Result<()> {
-            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-                .map_err(|e| fs_err(path, "removing", e))
+        fn leave(&mut self, _: &(), node: &Node<'_>, _: BorrowedFd<'_>, _: ()) -> Result<()> {
+            rustix::fs::unlinkat(node.dir, node.name, AtFlags::REMOVEDIR)
+                .map_err(|e| fs_err(node.path, "removing", e))
         }
     }
 
@@ -381,7 +342,7 @@ mod tests {
         symlink(&outside, doomed.join("a/link")).unwrap();
         fs::set_permissions(
             doomed.join("a/b"),
-            std::os::unix::fs::PermissionsExt::from_mode(0),
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
         )
         .unwrap();
         let f = rustix::fs::open(doomed.join("a/b/c/f"), OFlags::RDONLY, Mode::empty()).unwrap();

@@ -179,3 +179,28 @@ pub struct ImageRecord {
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct RuntimeRecord {
+    pub name: String,
+    #[serde(default)]
+    pub options: Labels,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub image: String,
+    pub runtime: RuntimeRecord,
+    /// The OCI runtime spec.
+    pub spec: serde_json::Value,
+    pub snapshotter: String,
+    pub snapshot_key: String,
+    /// The daemon prepared the snapshot and removes it with the container.
+    #[serde(default)]
+    pub owns_snapshot: bool,
+    pub labels: Labels,
+    #[serde(default)]
+    pub extensions: std::collections::BTreeMap<String, Vec<u8>>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}

@@ -108,12 +108,10 @@ pub fn replace(
     let k = record_key(snapshotter, ns, key);
     let value = encode(record)?;
     let mut missing = false;
-    store.snapshots.update_and_fetch(&k, |old| match old {
-        Some(_) => Some(value.clone()),
-        None => {
-            missing = true;
-            None
-        }
+    // The closure may run more than once, if another writer races it.
+    store.snapshots.update_and_fetch(&k, |old| {
+        missing = old.is_none();
+        old.map(|_| value.clone())
     })?;
     if missing {
         return Err(Error::not_found(describe(ns, key)));

@@ -83,38 +83,7 @@ pub async fn import(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
     };
 
     let bar = Bar::bytes(ctx.show_progress(), total, "sending");
-    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
-    let (failed_tx, failed_rx) = oneshot::channel();
-    tokio::task::spawn_blocking(move || read_chunks(reader, tx, failed_tx));
-
-    let sent = bar.clone();
-    let chunks = ReceiverStream::new(rx).then(move |piece| {
-        let sent = sent.clone();
-        async move {
-            match piece {
-                Piece::Data(bytes) => {
-                    sent.inc(bytes.len() as u64);
-                    ImportRequest {
-                        payload: Some(import_request::Payload::Chunk(bytes)),
-                    }
-                }
-                // A clean end of the stream would tell the daemon the archive is complete.
-                // Stay open instead; dropping the call below cancels it.
-                Piece::Failed => std::future::pending().await,
-            }
-        }
-    });
-    let first = ImportRequest {
-        payload: Some(import_request::Payload::Options(options)),
-    };
-    // Once the last chunk is handed over, the daemon is busy storing and verifying.
-    let sent_all = bar.clone();
-    let tail = futures::stream::once(async move { sent_all.wait("storing", String::new()) })
-        .filter_map(|()| async { None::<ImportRequest> });
-    let requests = futures::stream::once(async move { first })
-        .chain(chunks)
-        .chain(tail);
-
+    let (requests, failed_rx) = import_requests(options, reader, &bar);
     let outcome = tokio::select! {
         outcome = send_import(client, requests, &bar) => outcome,
         Ok(err) = failed_rx => {
@@ -134,6 +103,50 @@ pub async fn import(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
         }
         Format::Json => print_json(&Value::Array(images.iter().map(image_json).collect())),
     }
+}
+
+/// The Import request stream: the options, then the archive in chunks read on a blocking
+/// thread a few chunks ahead of the network. A read error arrives on the returned channel.
+fn import_requests(
+    options: ImportOptions,
+    reader: Box<dyn Read + Send>,
+    bar: &Bar,
+) -> (
+    impl Stream<Item = ImportRequest> + Send + 'static,
+    oneshot::Receiver<std::io::Error>,
+) {
+    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+    let (failed_tx, failed_rx) = oneshot::channel();
+    tokio::task::spawn_blocking(move || read_chunks(reader, tx, failed_tx));
+
+    let sent = bar.clone();
+    let chunks = ReceiverStream::new(rx).then(move |piece| {
+        let sent = sent.clone();
+        async move {
+            match piece {
+                Piece::Data(bytes) => {
+                    sent.inc(bytes.len() as u64);
+                    ImportRequest {
+                        payload: Some(import_request::Payload::Chunk(bytes)),
+                    }
+                }
+                // A clean end of the stream would tell the daemon the archive is complete.
+                // Stay open instead; the caller drops the call, which cancels it.
+                Piece::Failed => std::future::pending().await,
+            }
+        }
+    });
+    let first = ImportRequest {
+        payload: Some(import_request::Payload::Options(options)),
+    };
+    // Once the last chunk is handed over, the daemon is busy storing and verifying.
+    let sent_all = bar.clone();
+    let tail = futures::stream::once(async move { sent_all.wait("storing", String::new()) })
+        .filter_map(|()| async { None::<ImportRequest> });
+    let requests = futures::stream::once(async move { first })
+        .chain(chunks)
+        .chain(tail);
+    (requests, failed_rx)
 }
 
 fn open_archive(path: &str) -> anyhow::Result<(Box<dyn Read + Send>, Option<u64>)> {

@@ -31,9 +31,11 @@ fn mode(bits: u32) -> Mode {
 /// Owner, xattrs and mode of an open file or directory.
 fn set_meta_fd(fd: BorrowedFd<'_>, meta: &Meta, name: &[u8]) -> Result<()> {
     let (uid, gid) = owner(meta);
-    rustix::fs::fchown(fd, uid, gid).map_err(|e| fail(format_args!("chown {}", quoted(name)), e))?;
+    rustix::fs::fchown(fd, uid, gid)
+        .map_err(|e| fail(format_args!("chown {}", quoted(name)), e))?;
     xattr::apply(Node::Fd(fd), &meta.xattrs)?;
-    rustix::fs::fchmod(fd, mode(meta.mode)).map_err(|e| fail(format_args!("chmod {}", quoted(name)), e))
+    rustix::fs::fchmod(fd, mode(meta.mode))
+        .map_err(|e| fail(format_args!("chmod {}", quoted(name)), e))
 }
 
 impl Applier {
@@ -63,7 +65,10 @@ impl Applier {
 
     /// The layer's entry for the root directory: its metadata only.
     pub(super) fn root_meta(&mut self, meta: &Meta) -> Result<()> {
-        let root = self.root.try_clone().map_err(|e| Error::io("duplicating a descriptor", e))?;
+        let root = self
+            .root
+            .try_clone()
+            .map_err(|e| Error::io("duplicating a descriptor", e))?;
         set_meta_fd(root.as_fd(), meta, b".")?;
         self.dir_times.push((Vec::new(), meta.times.clone()));
         Ok(())
@@ -78,7 +83,10 @@ impl Applier {
             Err(Errno::EXIST) => {
                 let st = stat_at(dir, name)?;
                 // An existing directory is kept, with its contents: layers merge.
-                if !st.as_ref().is_some_and(|st| file_type(st) == FileType::Directory) {
+                if !st
+                    .as_ref()
+                    .is_some_and(|st| file_type(st) == FileType::Directory)
+                {
                     // Over this layer's own whiteout, the new directory must hide the
                     // lower one rather than merge with it.
                     opaque = self.overlay && st.as_ref().is_some_and(is_whiteout);
@@ -113,7 +121,8 @@ impl Applier {
         stream: &StreamState,
     ) -> Result<()> {
         let dir = parent.fd.as_fd();
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = self.replacing(dir, name, "file", || {
             rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
         })?;
@@ -150,7 +159,9 @@ impl Applier {
         meta: &Meta,
     ) -> Result<()> {
         let dir = parent.fd.as_fd();
-        self.replacing(dir, name, "symlink", || rustix::fs::symlinkat(target, dir, name))?;
+        self.replacing(dir, name, "symlink", || {
+            rustix::fs::symlinkat(target, dir, name)
+        })?;
         let (uid, gid) = owner(meta);
         rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| fail(format_args!("chown {}", quoted(name)), e))?;
@@ -192,12 +203,16 @@ impl Applier {
             .map_err(|why| Error::invalid(format!("hardlink target {shown}: {why}")))?;
         let missing = || Error::invalid(format!("hardlink target {shown} does not exist"));
         if target.is_root() {
-            return Err(Error::invalid(format!("hardlink target {shown} is the root")));
+            return Err(Error::invalid(format!(
+                "hardlink target {shown} is the root"
+            )));
         }
         let source = self.link_source(&target)?.ok_or_else(missing)?;
         let st = stat_at(source.as_fd(), target.name())?.ok_or_else(missing)?;
         if file_type(&st) == FileType::Directory {
-            return Err(Error::invalid(format!("hardlink target {shown} is a directory")));
+            return Err(Error::invalid(format!(
+                "hardlink target {shown} is a directory"
+            )));
         }
         let dir = parent.fd.as_fd();
         if let Some(existing) = stat_at(dir, name)? {
@@ -279,7 +294,8 @@ fn copy_up(lower: BorrowedFd<'_>, name: &[u8], upper: BorrowedFd<'_>, st: &Stat)
         let link = resolve::read_link(lower, name)?;
         rustix::fs::symlinkat(link.as_slice(), upper, name).map_err(at)?;
     } else {
-        rustix::fs::mknodat(upper, name, kind, Mode::from_raw_mode(0o600), st.st_rdev).map_err(at)?;
+        rustix::fs::mknodat(upper, name, kind, Mode::from_raw_mode(0o600), st.st_rdev)
+            .map_err(at)?;
     }
     rustix::fs::chownat(upper, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(at)?;
     xattr::copy(Node::At(lower, name), Node::At(upper, name))?;

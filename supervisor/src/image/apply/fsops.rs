@@ -10,9 +10,13 @@ use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 
-/// Wraps a failed system call with what was being done.
+/// Wraps a failed system call with what was being done. A name longer than the filesystem
+/// allows is the layer's fault, not ours.
 pub(super) fn fail(what: impl std::fmt::Display, err: Errno) -> Error {
-    Error::io(what, err.into())
+    match err {
+        Errno::NAMETOOLONG => Error::invalid(format!("{what}: name too long")),
+        _ => Error::io(what, err.into()),
+    }
 }
 
 /// Quotes a name for messages.

@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
 
-use rustix::fs::{Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 use tar::EntryType;
@@ -202,7 +202,11 @@ impl Applier {
         Ok(Applier {
             root: open(&target.root)?,
             lowers: if overlay {
-                target.lowers.iter().map(|p| open(p)).collect::<Result<_>>()?
+                target
+                    .lowers
+                    .iter()
+                    .map(|p| open(p))
+                    .collect::<Result<_>>()?
             } else {
                 Vec::new()
             },
@@ -243,12 +247,15 @@ impl Applier {
             Whiteout::Reserved => return Ok(()),
         }
         let node = match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => None,
-            EntryType::Directory => None,
-            EntryType::Symlink | EntryType::Link => None,
-            EntryType::Char => Some(rustix::fs::FileType::CharacterDevice),
-            EntryType::Block => Some(rustix::fs::FileType::BlockDevice),
-            EntryType::Fifo => Some(rustix::fs::FileType::Fifo),
+            EntryType::Char => Some(FileType::CharacterDevice),
+            EntryType::Block => Some(FileType::BlockDevice),
+            EntryType::Fifo => Some(FileType::Fifo),
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::GNUSparse
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link => None,
             other => {
                 tracing::warn!(entry = %names::display(raw), kind = ?other, "skipping unsupported tar entry type");
                 return Ok(());
@@ -276,16 +283,19 @@ impl Applier {
                 let target = link_name(entry)?;
                 self.make_symlink(&parent, name, &target, &meta)
             }
+            (_, Some(FileType::Fifo)) => self.make_node(&parent, name, FileType::Fifo, 0, &meta),
             (_, Some(node)) => {
+                // Fifos often leave these fields blank; devices need them.
                 let header = entry.header();
                 let major = header.device_major().map_err(|e| bad(&e))?.unwrap_or(0);
                 let minor = header.device_minor().map_err(|e| bad(&e))?.unwrap_or(0);
-                let dev = if node == rustix::fs::FileType::Fifo {
-                    0
-                } else {
-                    rustix::fs::makedev(major, minor)
-                };
-                self.make_node(&parent, name, node, dev, &meta)
+                self.make_node(
+                    &parent,
+                    name,
+                    node,
+                    rustix::fs::makedev(major, minor),
+                    &meta,
+                )
             }
             _ => self.make_file(&parent, name, &meta, entry, stream),
         };
@@ -329,7 +339,10 @@ impl Applier {
                 // Replaced by a later entry of the layer: its times no longer apply.
                 Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
                 Err(e) => {
-                    return Err(fsops::fail(format_args!("opening {}", fsops::quoted(path)), e))
+                    return Err(fsops::fail(
+                        format_args!("opening {}", fsops::quoted(path)),
+                        e,
+                    ))
                 }
             };
             rustix::fs::futimens(&dir, times).map_err(|e| {
@@ -346,6 +359,7 @@ fn bad(err: &io::Error) -> Error {
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Vec<u8>> {
     match entry.link_name_bytes() {
+        Some(target) if target.contains(&0) => Err(Error::invalid("link target contains a NUL byte")),
         Some(target) if !target.is_empty() => Ok(target.into_owned()),
         _ => Err(Error::invalid("link without a target")),
     }

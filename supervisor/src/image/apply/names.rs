@@ -13,6 +13,10 @@ impl CleanPath {
     /// taken relative to the root) and `a/../b` becomes `b`; a name that climbs above the
     /// root is refused rather than clamped, since no honest layer produces one.
     pub(super) fn new(raw: &[u8]) -> Result<Self, &'static str> {
+        // Only a PAX record can carry one; no system call takes it.
+        if raw.contains(&0) {
+            return Err("name contains a NUL byte");
+        }
         let mut joined: Vec<u8> = Vec::with_capacity(raw.len());
         for comp in raw.split(|b| *b == b'/') {
             match comp {
@@ -32,10 +36,7 @@ impl CleanPath {
                 }
             }
         }
-        let name_at = joined
-            .iter()
-            .rposition(|b| *b == b'/')
-            .map_or(0, |i| i + 1);
+        let name_at = joined.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
         Ok(CleanPath { joined, name_at })
     }
 
@@ -131,6 +132,7 @@ mod tests {
         ok("a/..", "", "", "");
         ok("/", "", "", "");
         assert!(CleanPath::new(b"./").unwrap().is_root());
+        assert!(CleanPath::new(b"a\0b").is_err());
         for bad in ["..", "../x", "a/../../x", "/../x", "a/b/../../../x", "./.."] {
             assert_eq!(clean(bad), Err("escapes the root"), "{bad}");
         }

@@ -45,7 +45,11 @@ enum Step {
 }
 
 /// Opens `path` below `root` confined to it; `O_PATH` is enough for `*at` calls.
-pub(super) fn open_in_root(root: BorrowedFd<'_>, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+pub(super) fn open_in_root(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlags,
+) -> Result<OwnedFd, Errno> {
     rustix::fs::openat2(
         root,
         dot(path),
@@ -103,7 +107,11 @@ impl Applier {
         let mut cur = self.root_frame()?;
         let mut above: Vec<Frame> = Vec::new();
         // Components still to resolve, last first.
-        let mut pending: Vec<Vec<u8>> = path.split(|b| *b == b'/').rev().map(<[u8]>::to_vec).collect();
+        let mut pending: Vec<Vec<u8>> = path
+            .split(|b| *b == b'/')
+            .rev()
+            .map(<[u8]>::to_vec)
+            .collect();
         let mut links = 0;
         while let Some(comp) = pending.pop() {
             match comp.as_slice() {
@@ -139,7 +147,10 @@ impl Applier {
     }
 
     fn root_frame(&self) -> Result<Frame> {
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::io("duplicating a descriptor", e));
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| Error::io("duplicating a descriptor", e))
+        };
         Ok(Frame {
             fd: dup(&self.root)?,
             lowers: self.lowers.iter().map(dup).collect::<Result<_>>()?,
@@ -174,7 +185,11 @@ impl Applier {
                     let fd = self.new_dir(cur.fd.as_fd(), name, &path)?;
                     // Without this the lower directory the whiteout hid would show through.
                     xattr::set_opaque(fd.as_fd())?;
-                    return Ok(Step::Dir(Frame { fd, lowers: Vec::new(), path }));
+                    return Ok(Step::Dir(Frame {
+                        fd,
+                        lowers: Vec::new(),
+                        path,
+                    }));
                 }
                 _ if create => return Err(not_dir()),
                 _ => return Ok(Step::Missing),
@@ -187,8 +202,9 @@ impl Applier {
                 };
                 match file_type(&st) {
                     FileType::Directory => {
-                        let below = open_dir(lower.as_fd(), name)
-                            .map_err(|e| fail(format_args!("opening lower {}", quoted(&path)), e))?;
+                        let below = open_dir(lower.as_fd(), name).map_err(|e| {
+                            fail(format_args!("opening lower {}", quoted(&path)), e)
+                        })?;
                         let fd = self.copy_up_dir(cur.fd.as_fd(), name, below.as_fd(), &path)?;
                         let mut lowers = Vec::new();
                         let hides_rest = xattr::is_opaque(below.as_fd())?;
@@ -209,7 +225,11 @@ impl Applier {
             return Ok(Step::Missing);
         }
         let fd = self.new_dir(cur.fd.as_fd(), name, &path)?;
-        Ok(Step::Dir(Frame { fd, lowers: Vec::new(), path }))
+        Ok(Step::Dir(Frame {
+            fd,
+            lowers: Vec::new(),
+            path,
+        }))
     }
 
     /// The directories named `name` in `lowers` that merge into one (overlayfs stops at the
@@ -239,8 +259,12 @@ impl Applier {
         let what = || format!("creating directory {}", quoted(path));
         rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(|e| fail(what(), e))?;
         let fd = open_dir(dir, name).map_err(|e| fail(what(), e))?;
-        rustix::fs::fchown(&fd, Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::ROOT))
-            .map_err(|e| fail(what(), e))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::ROOT),
+        )
+        .map_err(|e| fail(what(), e))?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(|e| fail(what(), e))?;
         self.keep_fd(fd.as_fd())?;
         Ok(fd)
@@ -267,7 +291,8 @@ impl Applier {
         .map_err(|e| fail(what(), e))?;
         xattr::copy(xattr::Node::Fd(below), xattr::Node::Fd(fd.as_fd()))
             .map_err(|e| e.context(what()))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777)).map_err(|e| fail(what(), e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))
+            .map_err(|e| fail(what(), e))?;
         self.dir_times.push((path.to_vec(), super::stat_times(&st)));
         Ok(fd)
     }

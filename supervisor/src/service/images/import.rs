@@ -109,7 +109,7 @@ fn is_small_name(name: &str) -> bool {
 }
 
 fn bad(msg: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("archive: {msg}"))
+    Error::invalid(format!("archive: {}", crate::error::printable(&msg.to_string())))
 }
 
 #[derive(Deserialize)]

@@ -203,10 +203,12 @@ impl Services {
         let walk = self.walk(target, present, &|what| {
             Error::precondition(format!("{what} is missing from the content store"))
         })?;
+        let explicit = want.is_some();
         let want = want.cloned().unwrap_or_else(platform::host);
         let chosen = if oci::is_index(&target.media_type) || walk.manifests.len() != 1 || walk.manifests[0].0.digest != target.digest {
             let descs: Vec<Descriptor> = walk.manifests.iter().map(|(d, _)| d.clone()).collect();
-            let pick = platform::select(&want, descs.iter()).ok_or_else(|| {
+            let lone = (descs.len() == 1 && descs[0].platform.is_none()).then(|| &descs[0]);
+            let pick = platform::select(&want, descs.iter()).or(lone).ok_or_else(|| {
                 Error::NotFound(format!(
                     "image {}: no manifest for platform {}",
                     target.digest,
@@ -225,6 +227,21 @@ impl Services {
         let config = manifest.config.to_store();
         let config_json = self.read_document(&config)?;
         let cfg: ImageConfig = oci::parse(&format!("config {}", config.digest), &config_json)?;
+        let have = Platform {
+            os: cfg.os.clone(),
+            architecture: cfg.architecture.clone(),
+            variant: cfg.variant.clone(),
+            os_version: String::new(),
+        };
+        // A lone manifest names its platform only in its config: check it when one was asked.
+        if explicit && !cfg.os.is_empty() && !platform::matches(&want, &have) {
+            return Err(Error::NotFound(format!(
+                "image {}: it is for {}, not {}",
+                target.digest,
+                platform::format(&have),
+                platform::format(&want)
+            )));
+        }
         if cfg.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(Error::invalid(format!(
                 "image config {}: {} diff_ids for {} layers",
@@ -239,12 +256,7 @@ impl Services {
         }
         let chain_ids = oci::chain_ids(&cfg.rootfs.diff_ids);
         Ok(Resolved {
-            platform: Platform {
-                os: cfg.os.clone(),
-                architecture: cfg.architecture.clone(),
-                variant: cfg.variant.clone(),
-                os_version: String::new(),
-            },
+            platform: have,
             manifest: mdesc,
             config,
             layers: manifest.layers.iter().map(|l| l.to_store()).collect(),

@@ -14,7 +14,10 @@ fn all_types(mode: WhiteoutMode) {
     let long_file = format!("{long_dir}/{}", "f".repeat(150));
     let layer = Layer::with(&[
         Spec::dir("./").mode(0o755).mtime(1_500_000_000),
-        Spec::dir("etc/").mode(0o750).owner(1000, 1000).mtime(1_234_567_890),
+        Spec::dir("etc/")
+            .mode(0o750)
+            .owner(1000, 1000)
+            .mtime(1_234_567_890),
         Spec::file("etc/suid", b"#!/bin/true\n")
             .mode(0o4755)
             .owner(1000, 1000)
@@ -27,7 +30,9 @@ fn all_types(mode: WhiteoutMode) {
         Spec::hardlink("etc/suid-link", "etc/suid"),
         Spec::symlink("etc/link", "../tmp/nowhere").owner(1000, 1001),
         Spec::node("dev-null", EntryType::Char, 1, 3).mode(0o666),
-        Spec::node("loop0", EntryType::Block, 7, 0).mode(0o660).owner(0, 6),
+        Spec::node("loop0", EntryType::Block, 7, 0)
+            .mode(0o660)
+            .owner(0, 6),
         Spec::node("fifo", EntryType::Fifo, 0, 0).mode(0o620),
         Spec::dir(&long_dir),
         Spec::file(&long_file, b"long"),
@@ -52,10 +57,19 @@ fn all_types(mode: WhiteoutMode) {
     assert!(suid.is_file());
     assert_eq!(suid.mode() & 0o7777, 0o4755, "setuid survives chown");
     assert_eq!((suid.uid(), suid.gid()), (1000, 1000));
-    assert_eq!((suid.mtime(), suid.mtime_nsec()), (1_700_000_000, 123_456_789));
-    assert_eq!((suid.atime(), suid.atime_nsec()), (1_700_000_001, 500_000_000));
+    assert_eq!(
+        (suid.mtime(), suid.mtime_nsec()),
+        (1_700_000_000, 123_456_789)
+    );
+    assert_eq!(
+        (suid.atime(), suid.atime_nsec()),
+        (1_700_000_001, 500_000_000)
+    );
     assert_eq!(fs::read(r.join("etc/suid")).unwrap(), b"#!/bin/true\n");
-    assert_eq!(get_xattr(&r.join("etc/suid"), "user.foo").as_deref(), Some(&b"bar"[..]));
+    assert_eq!(
+        get_xattr(&r.join("etc/suid"), "user.foo").as_deref(),
+        Some(&b"bar"[..])
+    );
     assert_eq!(
         get_xattr(&r.join("etc/suid"), "trusted.overlay.opaque"),
         None,
@@ -71,7 +85,10 @@ fn all_types(mode: WhiteoutMode) {
     let sym = lstat(&r.join("etc/link"));
     assert!(sym.file_type().is_symlink());
     assert_eq!((sym.uid(), sym.gid()), (1000, 1001));
-    assert_eq!(fs::read_link(r.join("etc/link")).unwrap().to_str(), Some("../tmp/nowhere"));
+    assert_eq!(
+        fs::read_link(r.join("etc/link")).unwrap().to_str(),
+        Some("../tmp/nowhere")
+    );
 
     let null = lstat(&r.join("dev-null"));
     assert!(null.file_type().is_char_device());
@@ -86,8 +103,14 @@ fn all_types(mode: WhiteoutMode) {
     assert_eq!(fifo.mode() & 0o7777, 0o620);
 
     assert_eq!(fs::read(r.join(&long_file)).unwrap(), b"long");
-    assert_eq!(fs::read_link(r.join("long-link")).unwrap().to_str(), Some(&long_file[..]));
-    assert_eq!(lstat(&r.join("long-hard")).ino(), lstat(&r.join(&long_file)).ino());
+    assert_eq!(
+        fs::read_link(r.join("long-link")).unwrap().to_str(),
+        Some(&long_file[..])
+    );
+    assert_eq!(
+        lstat(&r.join("long-hard")).ino(),
+        lstat(&r.join(&long_file)).ino()
+    );
     assert_eq!(lstat(&r.join("empty")).len(), 0);
     assert_eq!(fs::read(r.join("big")).unwrap(), vec![7u8; 3 << 20]);
 }
@@ -110,7 +133,11 @@ fn missing_parents_are_made_root_owned_0755() {
     for dir in ["a", "a/b", "a/b/c"] {
         let md = lstat(&env.root.join(dir));
         assert!(md.is_dir());
-        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o755, 0, 0), "{dir}");
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid()),
+            (0o755, 0, 0),
+            "{dir}"
+        );
     }
 }
 
@@ -138,7 +165,11 @@ fn names_are_cleaned_and_symlinked_parents_followed_inside() {
 #[test]
 fn file_becomes_dir_and_back_in_a_full_copy() {
     let env = Env::new();
-    env.apply(&Layer::with(&[Spec::file("x", b"one"), Spec::symlink("s", "x")]), Delete).unwrap();
+    env.apply(
+        &Layer::with(&[Spec::file("x", b"one"), Spec::symlink("s", "x")]),
+        Delete,
+    )
+    .unwrap();
     let layer2 = Layer::with(&[
         Spec::dir("x").mode(0o700),
         Spec::file("x/inner", b"in"),
@@ -149,9 +180,16 @@ fn file_becomes_dir_and_back_in_a_full_copy() {
     assert!(lstat(&env.root.join("x")).is_dir());
     assert_eq!(lstat(&env.root.join("x")).mode() & 0o7777, 0o700);
     assert_eq!(fs::read(env.root.join("x/inner")).unwrap(), b"in");
-    assert!(lstat(&env.root.join("s")).is_dir(), "a symlink is replaced, not followed");
+    assert!(
+        lstat(&env.root.join("s")).is_dir(),
+        "a symlink is replaced, not followed"
+    );
     assert_eq!(fs::read(env.root.join("s/f")).unwrap(), b"f");
-    env.apply(&Layer::with(&[Spec::file("x", b"two"), Spec::symlink("s", "x")]), Delete).unwrap();
+    env.apply(
+        &Layer::with(&[Spec::file("x", b"two"), Spec::symlink("s", "x")]),
+        Delete,
+    )
+    .unwrap();
     assert_eq!(fs::read(env.root.join("x")).unwrap(), b"two");
     assert!(lstat(&env.root.join("s")).file_type().is_symlink());
 }
@@ -159,12 +197,22 @@ fn file_becomes_dir_and_back_in_a_full_copy() {
 #[test]
 fn existing_directory_is_kept_and_updated() {
     let env = Env::new();
-    env.apply(&Layer::with(&[Spec::dir("d").mode(0o700), Spec::file("d/old", b"o")]), Delete)
-        .unwrap();
-    env.apply(&Layer::with(&[Spec::dir("d").mode(0o755).owner(5, 5)]), Delete).unwrap();
+    env.apply(
+        &Layer::with(&[Spec::dir("d").mode(0o700), Spec::file("d/old", b"o")]),
+        Delete,
+    )
+    .unwrap();
+    env.apply(
+        &Layer::with(&[Spec::dir("d").mode(0o755).owner(5, 5)]),
+        Delete,
+    )
+    .unwrap();
     let md = lstat(&env.root.join("d"));
     assert_eq!((md.mode() & 0o7777, md.uid()), (0o755, 5));
-    assert!(exists(&env.root.join("d/old")), "layers merge into existing directories");
+    assert!(
+        exists(&env.root.join("d/old")),
+        "layers merge into existing directories"
+    );
 }
 
 #[test]

@@ -24,13 +24,19 @@ fn attempt(
     let before = env.sentinel();
     let layer = Layer::with(&specs(&env));
     let result = env.apply(&layer, mode);
-    assert_eq!(before, env.sentinel(), "something outside the root changed ({mode:?})");
+    assert_eq!(
+        before,
+        env.sentinel(),
+        "something outside the root changed ({mode:?})"
+    );
     (env, result)
 }
 
 fn assert_invalid(result: crate::error::Result<super::Applied>, needle: &str) {
     match result {
-        Err(Error::InvalidArgument(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+        Err(Error::InvalidArgument(msg)) => {
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}")
+        }
         other => panic!("expected InvalidArgument containing {needle:?}, got {other:?}"),
     }
 }
@@ -38,7 +44,14 @@ fn assert_invalid(result: crate::error::Result<super::Applied>, needle: &str) {
 #[test]
 fn dotdot_names_are_refused() {
     for mode in MODES {
-        for name in ["../escape", "../outside/pwned", "a/../../x", "./../x", "../.wh.x", "a/../../.wh..wh..opq"] {
+        for name in [
+            "../escape",
+            "../outside/pwned",
+            "a/../../x",
+            "./../x",
+            "../.wh.x",
+            "a/../../.wh..wh..opq",
+        ] {
             let (_env, result) = attempt(mode, |_| {}, |_| vec![Spec::file(name, b"pwned")]);
             assert_invalid(result, &format!("entry {name:?}: escapes the root"));
         }
@@ -123,7 +136,12 @@ fn symlinks_already_in_the_root_or_lowers_are_confined() {
     let (env, result) = attempt(
         Delete,
         |env| symlink(&env.outside, env.root.join("lib")).unwrap(),
-        |_| vec![Spec::file("lib/pwned", b"x"), Spec::dir("lib/sub").mode(0o777)],
+        |_| {
+            vec![
+                Spec::file("lib/pwned", b"x"),
+                Spec::dir("lib/sub").mode(0o777),
+            ]
+        },
     );
     result.unwrap();
     assert!(exists(&env.root.join(env.outside_rel()).join("pwned")));
@@ -198,12 +216,14 @@ fn replacing_a_parent_with_a_symlink_mid_layer_is_confined() {
 #[test]
 fn escaping_hardlinks_are_refused() {
     for mode in MODES {
-        let (_env, result) =
-            attempt(mode, |_| {}, |_| vec![Spec::hardlink("h", "/etc/passwd")]);
+        let (_env, result) = attempt(mode, |_| {}, |_| vec![Spec::hardlink("h", "/etc/passwd")]);
         assert_invalid(result, "hardlink target \"/etc/passwd\" does not exist");
 
-        let (_env, result) =
-            attempt(mode, |_| {}, |_| vec![Spec::hardlink("h", "../outside/secret")]);
+        let (_env, result) = attempt(
+            mode,
+            |_| {},
+            |_| vec![Spec::hardlink("h", "../outside/secret")],
+        );
         assert_invalid(result, "escapes the root");
 
         let (_env, result) = attempt(
@@ -254,7 +274,11 @@ fn hardlink_to_a_symlink_links_the_symlink_itself() {
 
 #[test]
 fn hardlink_to_a_directory_is_refused() {
-    let (_env, result) = attempt(Delete, |_| {}, |_| vec![Spec::dir("d"), Spec::hardlink("h", "d")]);
+    let (_env, result) = attempt(
+        Delete,
+        |_| {},
+        |_| vec![Spec::dir("d"), Spec::hardlink("h", "d")],
+    );
     assert_invalid(result, "is a directory");
 }
 
@@ -293,7 +317,13 @@ fn symlink_loops_are_refused() {
         let (_env, result) = attempt(
             mode,
             |_| {},
-            |_| vec![Spec::symlink("a", "b"), Spec::symlink("b", "a"), Spec::file("a/x", b"x")],
+            |_| {
+                vec![
+                    Spec::symlink("a", "b"),
+                    Spec::symlink("b", "a"),
+                    Spec::file("a/x", b"x"),
+                ]
+            },
         );
         assert_invalid(result, "too many levels of symbolic links");
     }
@@ -301,7 +331,10 @@ fn symlink_loops_are_refused() {
 
 #[test]
 fn a_parent_that_is_a_file_is_refused() {
-    let (_env, result) =
-        attempt(Delete, |_| {}, |_| vec![Spec::file("f", b"x"), Spec::file("f/x", b"x")]);
+    let (_env, result) = attempt(
+        Delete,
+        |_| {},
+        |_| vec![Spec::file("f", b"x"), Spec::file("f/x", b"x")],
+    );
     assert_invalid(result, "not a directory");
 }

@@ -1,6 +1,7 @@
 //! Tests of the layer applier, run as root on real directories: layers are built in code,
 //! hostile ones with hand-written headers.
 
+mod bench;
 mod entries;
 mod hostile;
 mod stream;
@@ -218,7 +219,11 @@ impl Env {
 
     /// The absolute path of `outside` without its leading `/`, for names meant to reach it.
     pub(super) fn outside_rel(&self) -> String {
-        self.outside.to_str().unwrap().trim_start_matches('/').to_string()
+        self.outside
+            .to_str()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string()
     }
 
     /// Everything about the outside directory and the base's listing, to compare before
@@ -289,8 +294,11 @@ pub(super) struct Overlay(PathBuf);
 
 impl Overlay {
     pub(super) fn mount(env: &Env, lowers: &[&Path], upper: &Path) -> Overlay {
-        let merged = env.dir("merged");
-        let work = env.dir("work");
+        let n = (0..)
+            .find(|n| !env.base.path().join(format!("merged{n}")).exists())
+            .unwrap();
+        let merged = env.dir(&format!("merged{n}"));
+        let work = env.dir(&format!("work{n}"));
         let lowers: Vec<&str> = lowers.iter().map(|p| p.to_str().unwrap()).collect();
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",

@@ -23,7 +23,9 @@ fn sha(data: &[u8]) -> String {
 
 fn invalid(result: crate::error::Result<super::Applied>, needle: &str) {
     match result {
-        Err(Error::InvalidArgument(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+        Err(Error::InvalidArgument(msg)) => {
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}")
+        }
         other => panic!("expected InvalidArgument with {needle:?}, got {other:?}"),
     }
 }
@@ -37,7 +39,10 @@ fn diff_id_covers_the_whole_stream() {
     let applied = env.apply(&layer, Delete).unwrap();
     assert_eq!(applied.diff_id, sha(&layer));
     assert_eq!(applied.size, layer.len() as u64);
-    assert_eq!(std::fs::read(env.root.join("etc/hostname")).unwrap(), b"sup\n");
+    assert_eq!(
+        std::fs::read(env.root.join("etc/hostname")).unwrap(),
+        b"sup\n"
+    );
 }
 
 #[test]
@@ -77,8 +82,12 @@ fn corrupt_gzip_is_invalid() {
     for b in &mut gz[mid..mid + 16] {
         *b ^= 0xa5;
     }
-    let mut reader = compression::open_layer(&gz[..], "application/vnd.oci.image.layer.v1.tar+gzip").unwrap();
-    invalid(apply_layer(&mut reader, &env.target(Delete)), "corrupt gzip data");
+    let mut reader =
+        compression::open_layer(&gz[..], "application/vnd.oci.image.layer.v1.tar+gzip").unwrap();
+    invalid(
+        apply_layer(&mut reader, &env.target(Delete)),
+        "corrupt gzip data",
+    );
 
     let mut good = compression::open_layer(&gz[..mid], "").unwrap();
     let err = apply_layer(&mut good, &env.target(Delete)).unwrap_err();
@@ -116,7 +125,9 @@ impl Read for FailingDisk<'_> {
 fn read_failures_are_not_blamed_on_the_layer() {
     let env = Env::new();
     let layer = sample();
-    let mut disk = FailingDisk { data: &layer[..3000] };
+    let mut disk = FailingDisk {
+        data: &layer[..3000],
+    };
     let err = apply_layer(&mut disk, &env.target(Delete)).unwrap_err();
     assert!(matches!(err, Error::Internal(_)), "{err:?}");
 }

@@ -14,12 +14,22 @@ fn base_layer() -> Vec<u8> {
         Spec::file("a", b"a"),
         Spec::dir("gone"),
         Spec::file("gone/inner", b"i"),
-        Spec::dir("d").mode(0o750).owner(1000, 1000).mtime(1_111_111_111),
+        Spec::dir("d")
+            .mode(0o750)
+            .owner(1000, 1000)
+            .mtime(1_111_111_111),
         Spec::file("d/old1", b"1"),
         Spec::dir("d/olddir"),
         Spec::file("d/olddir/deep", b"deep"),
-        Spec::dir("p").mode(0o711).owner(7, 8).mtime(1_222_222_222).pax("SCHILY.xattr.user.p", b"pp"),
-        Spec::dir("p/q").mode(0o700).owner(1000, 1000).mtime(1_333_333_333),
+        Spec::dir("p")
+            .mode(0o711)
+            .owner(7, 8)
+            .mtime(1_222_222_222)
+            .pax("SCHILY.xattr.user.p", b"pp"),
+        Spec::dir("p/q")
+            .mode(0o700)
+            .owner(1000, 1000)
+            .mtime(1_333_333_333),
         Spec::file("p/q/orig", b"orig").mode(0o640).owner(3, 4),
         Spec::dir("x"),
         Spec::file("x/old", b"old"),
@@ -58,7 +68,10 @@ fn check_view(view: &Path) {
     assert!(!exists(&view.join("missing")));
     assert!(!exists(&view.join(".wh.missing")));
     assert!(!exists(&view.join("nodir")), "a whiteout makes no parents");
-    let mut d: Vec<_> = fs::read_dir(view.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut d: Vec<_> = fs::read_dir(view.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     d.sort();
     assert_eq!(d, ["new"], "opaque d keeps only this layer's entries");
     assert_eq!(fs::read(view.join("p/q/orig")).unwrap(), b"orig");
@@ -68,15 +81,28 @@ fn check_view(view: &Path) {
     assert_eq!((q.mode() & 0o7777, q.uid(), q.gid()), (0o700, 1000, 1000));
     let p = lstat(&view.join("p"));
     assert_eq!((p.mode() & 0o7777, p.uid(), p.gid()), (0o711, 7, 8));
-    let mut x: Vec<_> = fs::read_dir(view.join("x")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut x: Vec<_> = fs::read_dir(view.join("x"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     x.sort();
-    assert_eq!(x, ["new"], "a whiteout after this layer's entries only hides the lower ones");
-    let mut y: Vec<_> = fs::read_dir(view.join("y")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        x,
+        ["new"],
+        "a whiteout after this layer's entries only hides the lower ones"
+    );
+    let mut y: Vec<_> = fs::read_dir(view.join("y"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     y.sort();
     assert_eq!(y, ["fresh"]);
     for entry in fs::read_dir(view).unwrap() {
         let name = entry.unwrap().file_name();
-        assert!(!name.to_string_lossy().starts_with(".wh."), "whiteout file {name:?} written");
+        assert!(
+            !name.to_string_lossy().starts_with(".wh."),
+            "whiteout file {name:?} written"
+        );
     }
 }
 
@@ -112,20 +138,45 @@ fn overlay_mode_writes_overlay_whiteouts() {
     assert!(is_whiteout(&r.join("gone")));
     assert!(is_whiteout(&r.join("missing")));
     assert!(!exists(&r.join("nodir")));
-    assert_eq!(get_xattr(&r.join("d"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    assert_eq!(get_xattr(&r.join("x"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    assert_eq!(get_xattr(&r.join("y"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        get_xattr(&r.join("d"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        get_xattr(&r.join("x"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        get_xattr(&r.join("y"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
     // d was only in the lower: copied up with its metadata.
     let d = lstat(&r.join("d"));
-    assert_eq!((d.mode() & 0o7777, d.uid(), d.gid(), d.mtime()), (0o750, 1000, 1000, 1_111_111_111));
+    assert_eq!(
+        (d.mode() & 0o7777, d.uid(), d.gid(), d.mtime()),
+        (0o750, 1000, 1000, 1_111_111_111)
+    );
     let p = lstat(&r.join("p"));
-    assert_eq!((p.mode() & 0o7777, p.uid(), p.gid(), p.mtime()), (0o711, 7, 8, 1_222_222_222));
-    assert_eq!(get_xattr(&r.join("p"), "user.p").as_deref(), Some(&b"pp"[..]));
-    assert_eq!(get_xattr(&r.join("p"), "trusted.overlay.opaque"), None, "copy-up is not opaque");
+    assert_eq!(
+        (p.mode() & 0o7777, p.uid(), p.gid(), p.mtime()),
+        (0o711, 7, 8, 1_222_222_222)
+    );
+    assert_eq!(
+        get_xattr(&r.join("p"), "user.p").as_deref(),
+        Some(&b"pp"[..])
+    );
+    assert_eq!(
+        get_xattr(&r.join("p"), "trusted.overlay.opaque"),
+        None,
+        "copy-up is not opaque"
+    );
     assert_eq!(lstat(&r.join("p/q")).mtime(), 1_333_333_333);
     // The hardlink's target was copied up, with its metadata, and linked.
     let orig = lstat(&r.join("p/q/orig"));
-    assert_eq!((orig.mode() & 0o7777, orig.uid(), orig.gid()), (0o640, 3, 4));
+    assert_eq!(
+        (orig.mode() & 0o7777, orig.uid(), orig.gid()),
+        (0o640, 3, 4)
+    );
     assert_eq!(orig.ino(), lstat(&r.join("p/q/link")).ino());
     assert!(exists(&lower.join("a")), "lowers are never written");
     assert!(exists(&lower.join("d/old1")));
@@ -140,16 +191,32 @@ fn file_dir_file_across_overlay_layers() {
     let l1 = env.dir("l1");
     let l2 = env.dir("l2");
     let layers = [
-        (l1.clone(), vec![], Layer::with(&[Spec::file("x", b"one"), Spec::dir("d"), Spec::file("d/f", b"f")])),
+        (
+            l1.clone(),
+            vec![],
+            Layer::with(&[
+                Spec::file("x", b"one"),
+                Spec::dir("d"),
+                Spec::file("d/f", b"f"),
+            ]),
+        ),
         (
             l2.clone(),
             vec![l1.clone()],
-            Layer::with(&[Spec::dir("x"), Spec::file("x/inner", b"in"), Spec::file("d", b"now a file")]),
+            Layer::with(&[
+                Spec::dir("x"),
+                Spec::file("x/inner", b"in"),
+                Spec::file("d", b"now a file"),
+            ]),
         ),
         (
             env.root.clone(),
             vec![l2.clone(), l1.clone()],
-            Layer::with(&[Spec::file("x", b"two"), Spec::dir("d"), Spec::file("d/g", b"g")]),
+            Layer::with(&[
+                Spec::file("x", b"two"),
+                Spec::dir("d"),
+                Spec::file("d/g", b"g"),
+            ]),
         ),
     ];
     for (root, lowers, layer) in &layers {
@@ -167,9 +234,16 @@ fn file_dir_file_across_overlay_layers() {
     }
     let merged = Overlay::mount(&env, &[&l2, &l1], &env.root);
     assert_eq!(fs::read(merged.path("x")).unwrap(), b"two");
-    let mut d: Vec<_> = fs::read_dir(merged.path("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut d: Vec<_> = fs::read_dir(merged.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     d.sort();
-    assert_eq!(d, ["g"], "the old d/f must not come back from the lowest layer");
+    assert_eq!(
+        d,
+        ["g"],
+        "the old d/f must not come back from the lowest layer"
+    );
 }
 
 #[test]
@@ -185,7 +259,10 @@ fn writing_under_a_whited_out_directory_makes_it_opaque() {
         whiteouts: OverlayMode,
     };
     apply_layer(&mut &layer[..], &target).unwrap();
-    assert_eq!(get_xattr(&env.root.join("w"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        get_xattr(&env.root.join("w"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
     let merged = Overlay::mount(&env, &[&lower], &env.root);
     assert!(exists(&merged.path("w/new")));
     assert!(!exists(&merged.path("w/old")));
@@ -203,8 +280,14 @@ fn hardlink_to_a_lower_symlink_copies_it_up() {
         whiteouts: OverlayMode,
     };
     apply_layer(&mut &layer[..], &target).unwrap();
-    assert_eq!(fs::read_link(env.root.join("s")).unwrap().to_str(), Some("somewhere"));
-    assert_eq!(lstat(&env.root.join("h")).ino(), lstat(&env.root.join("s")).ino());
+    assert_eq!(
+        fs::read_link(env.root.join("s")).unwrap().to_str(),
+        Some("somewhere")
+    );
+    assert_eq!(
+        lstat(&env.root.join("h")).ino(),
+        lstat(&env.root.join("s")).ino()
+    );
 }
 
 #[test]
@@ -219,5 +302,8 @@ fn hardlink_to_a_whited_out_lower_file_is_refused() {
         whiteouts: OverlayMode,
     };
     let err = apply_layer(&mut &layer[..], &target).unwrap_err();
-    assert!(matches!(err, crate::error::Error::InvalidArgument(_)), "{err}");
+    assert!(
+        matches!(err, crate::error::Error::InvalidArgument(_)),
+        "{err}"
+    );
 }

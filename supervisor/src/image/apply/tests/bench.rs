@@ -1,0 +1,52 @@
+//! A benchmark against GNU tar on a real layer, run by hand:
+//! `SUP_BENCH_LAYER=/path/layer.tar cargo test --release -p sup-supervisor --lib
+//! image::apply::tests::bench -- --ignored --nocapture`.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{apply_layer, Env};
+use crate::snapshot::WhiteoutMode::Delete;
+
+fn best(times: &[Duration]) -> Duration {
+    times.iter().copied().min().unwrap_or_default()
+}
+
+#[test]
+#[ignore = "benchmark: needs SUP_BENCH_LAYER and a release build"]
+fn apply_layer_against_gnu_tar() {
+    let Some(layer) = std::env::var_os("SUP_BENCH_LAYER") else {
+        eprintln!("SUP_BENCH_LAYER not set: nothing to measure");
+        return;
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let env = Env::new();
+        let start = Instant::now();
+        let mut reader = BufReader::new(File::open(&layer).unwrap());
+        apply_layer(&mut reader, &env.target(Delete)).unwrap();
+        ours.push(start.elapsed());
+
+        let out = env.dir("gnu");
+        let start = Instant::now();
+        let status = Command::new("tar")
+            .arg("-xf")
+            .arg(&layer)
+            .arg("-C")
+            .arg(&out)
+            .args(["--same-owner", "--same-permissions", "--xattrs", "--xattrs-include=*"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        theirs.push(start.elapsed());
+    }
+    let (ours, theirs) = (best(&ours), best(&theirs));
+    println!(
+        "apply_layer {:?}, GNU tar -x {:?}: ratio {:.2} (hashing included on our side only)",
+        ours,
+        theirs,
+        ours.as_secs_f64() / theirs.as_secs_f64()
+    );
+}

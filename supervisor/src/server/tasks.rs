@@ -1,0 +1,357 @@
+//! gRPC adaptor of the Tasks service. Attach and Logs are relayed frame for frame to the
+//! task's shim, which holds the stdio.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{Stream, StreamExt};
+use sup_proto::v1::{self as api, tasks_server::Tasks};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{namespace, status, timestamp, RpcResult};
+use crate::error::Error;
+use crate::filters::{Filter, Filterable};
+use crate::service::tasks::{shim::from_status, ProcessStatus};
+use crate::service::Services;
+
+pub struct TasksApi(pub Arc<Services>);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn process_out(id: &str, p: &ProcessStatus) -> api::Process {
+    api::Process {
+        container_id: id.to_string(),
+        exec_id: p.exec_id.clone(),
+        pid: p.pid,
+        status: p.status as i32,
+        terminal: p.terminal,
+        exit_status: p.exit_status,
+        exited_at: p.exited_at.map(timestamp),
+        reason: p.reason.clone(),
+    }
+}
+
+struct Listed(api::Process);
+
+impl Filterable for Listed {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["id"] | ["container_id"] => Some(self.0.container_id.clone()),
+            ["status"] => Some(
+                api::TaskStatus::try_from(self.0.status)
+                    .map(|s| {
+                        s.as_str_name()
+                            .trim_start_matches("TASK_STATUS_")
+                            .to_ascii_lowercase()
+                    })
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+fn u(v: &serde_json::Value, path: &str) -> u64 {
+    v.pointer(path).and_then(|x| x.as_u64()).unwrap_or(0)
+}
+
+/// Metrics from the runtime's stats document (the same shape on cgroup v1 and v2).
+fn metrics_out(id: &str, stats: &serde_json::Value) -> api::TaskMetrics {
+    let d = stats.get("data").unwrap_or(stats);
+    let mut io = api::IoStats::default();
+    if let Some(entries) = d
+        .pointer("/blkio/ioServiceBytesRecursive")
+        .and_then(|v| v.as_array())
+    {
+        for e in entries {
+            let value = e.get("value").and_then(|v| v.as_u64()).unwrap_or(0);
+            match e.get("op").and_then(|v| v.as_str()).map(str::to_ascii_lowercase).as_deref() {
+                Some("read") => io.read_bytes += value,
+                Some("write") => io.write_bytes += value,
+                _ => {}
+            }
+        }
+    }
+    api::TaskMetrics {
+        container_id: id.to_string(),
+        timestamp: Some(timestamp(SystemTime::now())),
+        cpu: Some(api::CpuStats {
+            usage_total: u(d, "/cpu/usage/total"),
+            usage_user: u(d, "/cpu/usage/user"),
+            usage_kernel: u(d, "/cpu/usage/kernel"),
+            throttled_periods: u(d, "/cpu/throttling/throttledPeriods"),
+            throttled_time: u(d, "/cpu/throttling/throttledTime"),
+        }),
+        memory: Some(api::MemoryStats {
+            usage: u(d, "/memory/usage/usage"),
+            limit: u(d, "/memory/usage/limit"),
+            max_usage: u(d, "/memory/usage/max"),
+            rss: u(d, "/memory/raw/rss").max(u(d, "/memory/raw/anon")),
+            cache: u(d, "/memory/raw/cache").max(u(d, "/memory/raw/file")),
+            oom_kills: u(d, "/memory/raw/oom_kill"),
+        }),
+        pids: Some(api::PidsStats {
+            current: u(d, "/pids/current"),
+            limit: u(d, "/pids/limit"),
+        }),
+        io: Some(io),
+    }
+}
+
+fn delete_out(id: &str, p: &ProcessStatus) -> api::DeleteResponse {
+    api::DeleteResponse {
+        container_id: id.to_string(),
+        exec_id: p.exec_id.clone(),
+        pid: p.pid,
+        exit_status: p.exit_status,
+        exited_at: p.exited_at.map(timestamp),
+    }
+}
+
+#[tonic::async_trait]
+impl Tasks for TasksApi {
+    async fn create(&self, req: Request<api::CreateTaskRequest>) -> RpcResult<api::CreateTaskResponse> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let task = self
+            .0
+            .task_create(&ns, &r.container_id, r.stdin)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::CreateTaskResponse {
+            container_id: r.container_id,
+            pid: task.pid,
+        }))
+    }
+
+    async fn start(&self, req: Request<api::StartRequest>) -> RpcResult<api::StartResponse> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let pid = self
+            .0
+            .task_start(&ns, &r.container_id, &r.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::StartResponse { pid }))
+    }
+
+    async fn delete(&self, req: Request<api::DeleteTaskRequest>) -> RpcResult<api::DeleteResponse> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let p = self
+            .0
+            .task_delete(&ns, &r.container_id, r.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(delete_out(&r.container_id, &p)))
+    }
+
+    async fn delete_process(&self, req: Request<api::DeleteProcessRequest>) -> RpcResult<api::DeleteResponse> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let p = self
+            .0
+            .task_delete_process(&ns, &r.container_id, &r.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(delete_out(&r.container_id, &p)))
+    }
+
+    async fn get(&self, req: Request<api::GetTaskRequest>) -> RpcResult<api::GetTaskResponse> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let p = self
+            .0
+            .process_status(&ns, &r.container_id, &r.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::GetTaskResponse {
+            process: Some(process_out(&r.container_id, &p)),
+        }))
+    }
+
+    async fn list(&self, req: Request<api::ListTasksRequest>) -> RpcResult<api::ListTasksResponse> {
+        let ns = namespace(&req)?;
+        let filter = Filter::parse(&req.into_inner().filters).map_err(status)?;
+        let mut tasks = Vec::new();
+        for t in self.0.task_list(&ns) {
+            match self.0.process_status(&ns, &t.id, "").await {
+                Ok(p) => {
+                    let listed = Listed(process_out(&t.id, &p));
+                    if filter.matches(&listed) {
+                        tasks.push(listed.0);
+                    }
+                }
+                // Deleted meanwhile.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(id = %t.id, error = %e, "task status unavailable");
+                    tasks.push(api::Process {
+                        container_id: t.id.clone(),
+                        pid: t.pid,
+                        status: api::TaskStatus::Unknown as i32,
+                        reason: e.to_string(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(Response::new(api::ListTasksResponse { tasks }))
+    }
+
+    async fn kill(&self, req: Request<api::KillRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        self.0
+            .task_kill(&ns, &r.container_id, &r.exec_id, r.signal, r.all)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn exec(&self, req: Request<api::ExecProcessRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("exec: spec is required"))?;
+        self.0
+            .task_exec(&ns, &r.container_id, &r.exec_id, &spec, r.stdin)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn resize_pty(&self, req: Request<api::ResizePtyRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let task = self.0.task(&ns, &r.container_id).map_err(status)?;
+        task.client()
+            .resize_pty(r)
+            .await
+            .map_err(|s| status(from_status("resize", s)))?;
+        Ok(Response::new(()))
+    }
+
+    async fn close_io(&self, req: Request<api::CloseIoRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let task = self.0.task(&ns, &r.container_id).map_err(status)?;
+        task.client()
+            .close_io(sup_proto::shim::CloseIoRequest { exec_id: r.exec_id })
+            .await
+            .map_err(|s| status(from_status("close stdin", s)))?;
+        Ok(Response::new(()))
+    }
+
+    async fn pause(&self, req: Request<api::PauseTaskRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let id = req.into_inner().container_id;
+        self.0.task_pause(&ns, &id, true).await.map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn resume(&self, req: Request<api::ResumeTaskRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let id = req.into_inner().container_id;
+        self.0.task_pause(&ns, &id, false).await.map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn list_pids(&self, req: Request<api::ListPidsRequest>) -> RpcResult<api::ListPidsResponse> {
+        let ns = namespace(&req)?;
+        let id = req.into_inner().container_id;
+        let processes = self.0.task_pids(&ns, &id).await.map_err(status)?;
+        Ok(Response::new(api::ListPidsResponse { processes }))
+    }
+
+    async fn update(&self, req: Request<api::UpdateTaskRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let res = r
+            .resources
+            .ok_or_else(|| Status::invalid_argument("update: resources are required"))?;
+        self.0
+            .task_update(&ns, &r.container_id, &res)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn metrics(&self, req: Request<api::MetricsRequest>) -> RpcResult<api::MetricsResponse> {
+        let ns = namespace(&req)?;
+        let ids = req.into_inner().container_ids;
+        let ids: Vec<String> = if ids.is_empty() {
+            self.0.task_list(&ns).iter().map(|t| t.id.clone()).collect()
+        } else {
+            ids
+        };
+        let mut metrics = Vec::new();
+        for id in ids {
+            let stats = self.0.task_stats(&ns, &id).await.map_err(status)?;
+            metrics.push(metrics_out(&id, &stats));
+        }
+        Ok(Response::new(api::MetricsResponse { metrics }))
+    }
+
+    async fn wait(&self, req: Request<api::WaitRequest>) -> RpcResult<api::WaitResponse> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let w = self
+            .0
+            .task_wait(&ns, &r.container_id, &r.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(w))
+    }
+
+    type AttachStream = BoxStream<api::AttachResponse>;
+
+    async fn attach(&self, req: Request<Streaming<api::AttachRequest>>) -> RpcResult<Self::AttachStream> {
+        let ns = namespace(&req)?;
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("attach: the first message must carry the options"))?;
+        let Some(api::attach_request::Payload::Options(opts)) = &first.payload else {
+            return Err(Status::invalid_argument("attach: the first message must carry the options"));
+        };
+        let task = self.0.task(&ns, &opts.container_id).map_err(status)?;
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx.send(first.clone()).await;
+        // Relay the client's stdin and resizes to the shim as they come.
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = input.message().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let out = task
+            .client()
+            .attach(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| status(from_status("attach", s)))?
+            .into_inner();
+        Ok(Response::new(Box::pin(out.map(|r| r.map_err(|s| status(from_status("attach", s)))))))
+    }
+
+    type LogsStream = BoxStream<api::LogsResponse>;
+
+    async fn logs(&self, req: Request<api::LogsRequest>) -> RpcResult<Self::LogsStream> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let task = self.0.task(&ns, &r.container_id).map_err(status)?;
+        let out = task
+            .client()
+            .logs(r)
+            .await
+            .map_err(|s| status(from_status("logs", s)))?
+            .into_inner();
+        Ok(Response::new(Box::pin(out.map(|r| r.map_err(|s| status(from_status("logs", s)))))))
+    }
+}

@@ -1,0 +1,626 @@
+//! Tasks: running containers. Each task is owned by its own sup-shim; the daemon prepares the
+//! bundle (config.json and the mounted root filesystem), starts the shim, and relays calls and
+//! events. Everything a task holds is released on delete, and on any failure halfway.
+//!
+//! State dir layout: `<state>/tasks/<ns>/<id>/` holds `bundle/` (config.json, rootfs),
+//! `task.json` (what a restarted daemon needs to find the shim) and the shim's own files (exit
+//! statuses, logs); `<state>/s/<hash>.sock` is the shim's socket.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sup_proto::shim as sp;
+use sup_proto::v1 as api;
+
+use crate::error::{Error, Result};
+use crate::events::{topic, Payload};
+use crate::service::Services;
+
+pub mod shim;
+
+use shim::{from_status, Shim};
+
+/// What a restarted daemon needs to find a task's shim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub namespace: String,
+    pub id: String,
+    pub socket: PathBuf,
+    pub runtime: String,
+    pub created_at: SystemTime,
+}
+
+/// A live task.
+pub struct Task {
+    pub ns: String,
+    pub id: String,
+    pub dir: PathBuf,
+    pub pid: u32,
+    pub terminal: bool,
+    pub shim: Shim,
+    /// An OOM kill was reported for this task.
+    pub oom: AtomicBool,
+}
+
+impl Task {
+    fn rootfs(&self) -> PathBuf {
+        self.dir.join("bundle/rootfs")
+    }
+
+    pub fn client(&self) -> Shim {
+        self.shim.clone()
+    }
+}
+
+enum Slot {
+    Creating,
+    Ready(Arc<Task>),
+}
+
+/// The daemon's table of tasks.
+#[derive(Default)]
+pub struct Tasks {
+    table: Mutex<HashMap<(String, String), Slot>>,
+}
+
+/// The status of a process as the API reports it.
+#[derive(Debug, Clone)]
+pub struct ProcessStatus {
+    pub exec_id: String,
+    pub pid: u32,
+    pub status: api::TaskStatus,
+    pub terminal: bool,
+    pub exit_status: u32,
+    pub exited_at: Option<SystemTime>,
+    pub reason: String,
+}
+
+fn ts(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    t.map(|t| crate::server::convert::from_timestamp(&t))
+}
+
+impl Services {
+    pub fn task_dir(&self, ns: &str, id: &str) -> PathBuf {
+        self.state.join("tasks").join(ns).join(id)
+    }
+
+    pub fn task_exists(&self, ns: &str, id: &str) -> bool {
+        self.tasks
+            .table
+            .lock()
+            .map(|t| t.contains_key(&(ns.to_string(), id.to_string())))
+            .unwrap_or(true)
+    }
+
+    pub fn task(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
+        let t = self
+            .tasks
+            .table
+            .lock()
+            .map_err(|_| Error::internal("task table poisoned"))?;
+        match t.get(&(ns.to_string(), id.to_string())) {
+            Some(Slot::Ready(task)) => Ok(task.clone()),
+            Some(Slot::Creating) => Err(Error::Unavailable(format!(
+                "task {id:?} in namespace {ns:?} is being created"
+            ))),
+            None => Err(Error::not_found(format!("task {id:?} in namespace {ns:?}"))),
+        }
+    }
+
+    pub fn task_list(&self, ns: &str) -> Vec<Arc<Task>> {
+        let Ok(t) = self.tasks.table.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<Task>> = t
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .filter_map(|(_, s)| match s {
+                Slot::Ready(task) => Some(task.clone()),
+                Slot::Creating => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn slot_remove(&self, ns: &str, id: &str) {
+        if let Ok(mut t) = self.tasks.table.lock() {
+            t.remove(&(ns.to_string(), id.to_string()));
+        }
+    }
+
+    /// Creates a task for a container: bundle, rootfs mount, shim, runtime create.
+    pub async fn task_create(self: &Arc<Self>, ns: &str, id: &str, stdin: bool) -> Result<Arc<Task>> {
+        let container = self.container_get(ns, id)?;
+        {
+            let mut t = self
+                .tasks
+                .table
+                .lock()
+                .map_err(|_| Error::internal("task table poisoned"))?;
+            let key = (ns.to_string(), id.to_string());
+            if t.contains_key(&key) {
+                return Err(Error::precondition(format!(
+                    "container {id:?} in namespace {ns:?} already has a task"
+                )));
+            }
+            t.insert(key, Slot::Creating);
+        }
+        let dir = self.task_dir(ns, id);
+        let socket = shim::socket_path(&self.state, ns, id);
+        match self.task_create_inner(ns, id, stdin, &container, &dir, &socket).await {
+            Ok(task) => {
+                if let Ok(mut t) = self.tasks.table.lock() {
+                    t.insert((ns.to_string(), id.to_string()), Slot::Ready(task.clone()));
+                }
+                self.watch(task.clone());
+                self.events.publish(
+                    ns,
+                    topic::TASK_CREATE,
+                    Payload::Task {
+                        container_id: id.to_string(),
+                        exec_id: String::new(),
+                        pid: task.pid,
+                        exit_status: 0,
+                        exited_at: None,
+                        reason: String::new(),
+                    },
+                );
+                Ok(task)
+            }
+            Err(e) => {
+                self.teardown(ns, id, &dir, &socket, None).await;
+                self.slot_remove(ns, id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn task_create_inner(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        stdin: bool,
+        container: &crate::service::containers::Container,
+        dir: &Path,
+        socket: &Path,
+    ) -> Result<Arc<Task>> {
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs)
+            .map_err(|e| Error::io(format!("creating {}", rootfs.display()), e))?;
+        if let Some(sdir) = socket.parent() {
+            std::fs::create_dir_all(sdir)
+                .map_err(|e| Error::io(format!("creating {}", sdir.display()), e))?;
+        }
+        let mut spec = container.spec.clone();
+        // The bundle's layout is ours: the root is always the mounted snapshot beside config.json.
+        let readonly = spec
+            .pointer("/root/readonly")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        spec["root"] = serde_json::json!({"path": "rootfs", "readonly": readonly});
+        let terminal = spec
+            .pointer("/process/terminal")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)
+            .map_err(|e| Error::io("writing config.json", e))?;
+
+        let s = self.snapshotter(&container.snapshotter)?;
+        let (n, k, r) = (ns.to_string(), container.snapshot_key.clone(), rootfs.clone());
+        tokio::task::spawn_blocking(move || {
+            let mounts = s.mounts(&n, &k)?;
+            crate::mount::mount_all(&mounts, &r)
+        })
+        .await??;
+
+        let record = TaskRecord {
+            namespace: ns.to_string(),
+            id: id.to_string(),
+            socket: socket.to_path_buf(),
+            runtime: container.runtime.name.clone(),
+            created_at: SystemTime::now(),
+        };
+        std::fs::write(dir.join("task.json"), serde_json::to_vec(&record)?)
+            .map_err(|e| Error::io("writing task.json", e))?;
+
+        let runtime_root = self.state.join("runc").join(ns);
+        shim::spawn(ns, id, dir, socket, &runtime_root).await?;
+        let mut client = shim::connect(socket).await?;
+        let created = client
+            .create(sp::CreateRequest {
+                bundle: bundle.to_string_lossy().into_owned(),
+                runtime: container.runtime.name.clone(),
+                stdin,
+                terminal,
+                cri_log_path: String::new(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("creating task {id:?}"), s))?
+            .into_inner();
+        Ok(Arc::new(Task {
+            ns: ns.to_string(),
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            pid: created.pid,
+            terminal,
+            shim: client,
+            oom: AtomicBool::new(false),
+        }))
+    }
+
+    /// Follows a shim's events and publishes them.
+    fn watch(self: &Arc<Self>, task: Arc<Task>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut client = task.client();
+            let mut stream = match client.events(()).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    tracing::warn!(namespace = %task.ns, id = %task.id, error = %e, "cannot follow shim events");
+                    return;
+                }
+            };
+            while let Ok(Some(ev)) = stream.message().await {
+                match ev.event {
+                    Some(sp::shim_event::Event::Exit(x)) => {
+                        let reason = if x.exec_id.is_empty() && task.oom.load(Ordering::Relaxed) && x.exit_status == 137 {
+                            "OOMKilled".to_string()
+                        } else {
+                            String::new()
+                        };
+                        this.events.publish(
+                            &task.ns,
+                            topic::TASK_EXIT,
+                            Payload::Task {
+                                container_id: task.id.clone(),
+                                exec_id: x.exec_id,
+                                pid: x.pid,
+                                exit_status: x.exit_status,
+                                exited_at: ts(x.exited_at),
+                                reason,
+                            },
+                        );
+                    }
+                    Some(sp::shim_event::Event::Oom(_)) => {
+                        task.oom.store(true, Ordering::Relaxed);
+                        this.events.publish(
+                            &task.ns,
+                            topic::TASK_OOM,
+                            Payload::Task {
+                                container_id: task.id.clone(),
+                                exec_id: String::new(),
+                                pid: task.pid,
+                                exit_status: 0,
+                                exited_at: None,
+                                reason: "OOM".into(),
+                            },
+                        );
+                    }
+                    None => {}
+                }
+            }
+        });
+    }
+
+    /// Releases what a task holds: the shim (asked to stop, killed if it will not), the
+    /// rootfs mount, the state dir and the socket.
+    async fn teardown(&self, ns: &str, id: &str, dir: &Path, socket: &Path, shim: Option<Shim>) {
+        let mut stopped = false;
+        if let Some(mut c) = shim {
+            stopped = c.shutdown(()).await.is_ok();
+        }
+        if !stopped {
+            if let Ok(mut c) = shim::connect(socket).await {
+                if let Ok(info) = c.info(()).await {
+                    let pid = info.into_inner().shim_pid;
+                    let _ = c.shutdown(()).await;
+                    if pid > 1 {
+                        // The shim is ours: stop it by its pid if it did not stop itself.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        let rootfs = dir.join("bundle/rootfs");
+        let d = dir.to_path_buf();
+        let res = tokio::task::spawn_blocking(move || {
+            if rootfs.exists() {
+                crate::mount::unmount_all(&rootfs)?;
+            }
+            match std::fs::remove_dir_all(&d) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("removing {}", d.display()), e)),
+            }
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(namespace = ns, id, error = %e, "task teardown incomplete"),
+            Err(e) => tracing::warn!(namespace = ns, id, error = %e, "task teardown failed"),
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+
+    pub async fn process_status(&self, ns: &str, id: &str, exec_id: &str) -> Result<ProcessStatus> {
+        let task = self.task(ns, id)?;
+        let st = task
+            .client()
+            .state(sp::StateRequest {
+                exec_id: exec_id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("task {id:?}"), s))?
+            .into_inner();
+        let status = api::TaskStatus::try_from(st.status).unwrap_or(api::TaskStatus::Unknown);
+        let reason = if exec_id.is_empty()
+            && status == api::TaskStatus::Stopped
+            && st.exit_status == 137
+            && task.oom.load(Ordering::Relaxed)
+        {
+            "OOMKilled".to_string()
+        } else {
+            String::new()
+        };
+        Ok(ProcessStatus {
+            exec_id: exec_id.to_string(),
+            pid: st.pid,
+            status,
+            terminal: st.terminal,
+            exit_status: st.exit_status,
+            exited_at: ts(st.exited_at),
+            reason,
+        })
+    }
+
+    pub async fn task_start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
+        let task = self.task(ns, id)?;
+        let pid = task
+            .client()
+            .start(sp::StartRequest {
+                exec_id: exec_id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("starting task {id:?}"), s))?
+            .into_inner()
+            .pid;
+        let t = if exec_id.is_empty() {
+            topic::TASK_START
+        } else {
+            topic::TASK_EXEC_STARTED
+        };
+        self.events.publish(
+            ns,
+            t,
+            Payload::Task {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid,
+                exit_status: 0,
+                exited_at: None,
+                reason: String::new(),
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Deletes a task whose init has exited (or kills it first with `force`) and returns
+    /// the init's final status.
+    pub async fn task_delete(&self, ns: &str, id: &str, force: bool) -> Result<ProcessStatus> {
+        let task = self.task(ns, id)?;
+        let mut client = task.client();
+        let st = self.process_status(ns, id, "").await?;
+        match st.status {
+            api::TaskStatus::Stopped => {}
+            api::TaskStatus::Created => {
+                self.task_kill(ns, id, "", 9, true).await?;
+                self.task_wait(ns, id, "").await?;
+            }
+            _ if force => {
+                if st.status == api::TaskStatus::Paused {
+                    let _ = client.resume(()).await;
+                }
+                self.task_kill(ns, id, "", 9, true).await?;
+                self.task_wait(ns, id, "").await?;
+            }
+            _ => {
+                return Err(Error::precondition(format!(
+                    "task {id:?} in namespace {ns:?} is running: stop it first, or force"
+                )))
+            }
+        }
+        let final_status = self.process_status(ns, id, "").await?;
+        let deleted = client
+            .delete(sp::DeleteRequest {
+                exec_id: String::new(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("deleting task {id:?}"), s))?
+            .into_inner();
+        let socket = shim::socket_path(&self.state, ns, id);
+        self.teardown(ns, id, &task.dir, &socket, Some(client)).await;
+        self.slot_remove(ns, id);
+        let out = ProcessStatus {
+            exit_status: deleted.exit_status,
+            exited_at: ts(deleted.exited_at).or(final_status.exited_at),
+            pid: deleted.pid,
+            ..final_status
+        };
+        self.events.publish(
+            ns,
+            topic::TASK_DELETE,
+            Payload::Task {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                pid: out.pid,
+                exit_status: out.exit_status,
+                exited_at: out.exited_at,
+                reason: out.reason.clone(),
+            },
+        );
+        let _ = task.rootfs();
+        Ok(out)
+    }
+
+    pub async fn task_delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<ProcessStatus> {
+        if exec_id.is_empty() {
+            return Err(Error::invalid("delete process: give an exec id (the init is deleted with the task)"));
+        }
+        let task = self.task(ns, id)?;
+        let st = self.process_status(ns, id, exec_id).await?;
+        let d = task
+            .client()
+            .delete(sp::DeleteRequest {
+                exec_id: exec_id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("deleting process {exec_id:?} of task {id:?}"), s))?
+            .into_inner();
+        Ok(ProcessStatus {
+            pid: d.pid,
+            exit_status: d.exit_status,
+            exited_at: ts(d.exited_at),
+            ..st
+        })
+    }
+
+    pub async fn task_kill(&self, ns: &str, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        if signal > 64 {
+            return Err(Error::invalid(format!("signal {signal}: not a valid signal number")));
+        }
+        let task = self.task(ns, id)?;
+        task.client()
+            .kill(sp::KillRequest {
+                exec_id: exec_id.to_string(),
+                signal: if signal == 0 { 15 } else { signal },
+                all,
+            })
+            .await
+            .map_err(|s| from_status(&format!("signalling task {id:?}"), s))?;
+        Ok(())
+    }
+
+    pub async fn task_wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
+        let task = self.task(ns, id)?;
+        let mut w = task
+            .client()
+            .wait(sp::WaitRequest {
+                exec_id: exec_id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("waiting for task {id:?}"), s))?
+            .into_inner();
+        if exec_id.is_empty() && w.exit_status == 137 && task.oom.load(Ordering::Relaxed) {
+            w.reason = "OOMKilled".into();
+        }
+        Ok(w)
+    }
+
+    pub async fn task_exec(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        process: &api::ProcessSpec,
+        stdin: bool,
+    ) -> Result<()> {
+        crate::service::containers::validate_id("exec id", exec_id)?;
+        let task = self.task(ns, id)?;
+        let container = self.container_get(ns, id)?;
+        let base: oci_spec::runtime::Spec = serde_json::from_value(container.spec.clone())
+            .map_err(|e| Error::internal(format!("container {id:?}: stored spec: {e}")))?;
+        let rootfs = task.rootfs();
+        let p = process.clone();
+        let proc_spec = tokio::task::spawn_blocking(move || {
+            crate::spec::exec_process(&base, p.args, p.env, p.cwd, p.user, p.terminal, &rootfs)
+        })
+        .await??;
+        task.client()
+            .exec(sp::ExecRequest {
+                exec_id: exec_id.to_string(),
+                process: serde_json::to_vec(&proc_spec)?,
+                stdin,
+            })
+            .await
+            .map_err(|s| from_status(&format!("exec in task {id:?}"), s))?;
+        self.events.publish(
+            ns,
+            topic::TASK_EXEC_ADDED,
+            Payload::Task {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid: 0,
+                exit_status: 0,
+                exited_at: None,
+                reason: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn task_pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
+        let task = self.task(ns, id)?;
+        let mut c = task.client();
+        let r = if pause { c.pause(()).await } else { c.resume(()).await };
+        r.map_err(|s| from_status(&format!("task {id:?}"), s))?;
+        self.events.publish(
+            ns,
+            if pause { topic::TASK_PAUSED } else { topic::TASK_RESUMED },
+            Payload::Task {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                pid: task.pid,
+                exit_status: 0,
+                exited_at: None,
+                reason: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn task_pids(&self, ns: &str, id: &str) -> Result<Vec<api::ProcessInfo>> {
+        let task = self.task(ns, id)?;
+        Ok(task
+            .client()
+            .pids(())
+            .await
+            .map_err(|s| from_status(&format!("task {id:?}"), s))?
+            .into_inner()
+            .processes)
+    }
+
+    pub async fn task_update(&self, ns: &str, id: &str, r: &api::Resources) -> Result<()> {
+        let task = self.task(ns, id)?;
+        let res = crate::spec::resources(r.memory_limit, r.cpus, r.cpu_shares, r.pids_limit)?;
+        task.client()
+            .update(sp::UpdateRequest {
+                resources: serde_json::to_vec(&res)?,
+            })
+            .await
+            .map_err(|s| from_status(&format!("updating task {id:?}"), s))?;
+        Ok(())
+    }
+
+    /// The runtime's stats JSON of a task.
+    pub async fn task_stats(&self, ns: &str, id: &str) -> Result<serde_json::Value> {
+        let task = self.task(ns, id)?;
+        let raw = task
+            .client()
+            .stats(())
+            .await
+            .map_err(|s| from_status(&format!("stats of task {id:?}"), s))?
+            .into_inner()
+            .stats;
+        serde_json::from_slice(&raw)
+            .map_err(|e| Error::internal(format!("stats of task {id:?}: {e}")))
+    }
+}
