@@ -98,8 +98,7 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         snapshotters,
         default_snapshotter,
         events: Exchange::new(),
-        #[cfg(feature = "tasks-wip")]
-        tasks: Default::default(),
+                tasks: Default::default(),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod image;
 pub mod labels;
 pub mod mount;
 pub mod snapshot;
+pub mod spec;
 pub mod store;
 pub mod events;
 pub mod service;

@@ -38,7 +38,7 @@ macro_rules! per_snapshotter {
     ($($name:ident),* $(,)?) => {
         mod overlayfs {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name("overlayfs").await
                 }
@@ -46,7 +46,7 @@ macro_rules! per_snapshotter {
         }
         mod native {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name("native").await
                 }

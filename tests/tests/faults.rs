@@ -19,7 +19,9 @@ fn layer_with_data() -> LayerBuilder {
     let mut layer = LayerBuilder::new();
     layer.file("etc/motd", "welcome\n");
     // Enough bytes that a cut or a flipped byte lands inside compressed data.
-    let text: String = (0..4000).map(|i| format!("line {i} of the data file\n")).collect();
+    let text: String = (0..4000)
+        .map(|i| format!("line {i} of the data file\n"))
+        .collect();
     layer.file("usr/share/data.txt", text);
     layer
 }
@@ -42,7 +44,8 @@ async fn assert_still_imports(daemon: &Daemon, client: &Client, sn: &str) {
         .build();
     import_ok(client, options(sn), &archive).await;
     let view = view_image(daemon, client, "example.com/good:1", sn).await;
-    view.tree().assert_matches(&image_tree(&image), "good image after a failure");
+    view.tree()
+        .assert_matches(&image_tree(&image), "good image after a failure");
 }
 
 async fn refused(sn: &str, archive: &[u8], what: &str) {
@@ -56,33 +59,71 @@ async fn refused(sn: &str, archive: &[u8], what: &str) {
 }
 
 async fn corrupted_gzip_layer(sn: &str) {
-    let image = image_of(layer_with_data().build(Compression::Gzip).with_corrupted_blob());
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
+    let image = image_of(
+        layer_with_data()
+            .build(Compression::Gzip)
+            .with_corrupted_blob(),
+    );
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
     refused(sn, &archive, "corrupted gzip layer").await;
 }
 
 async fn corrupted_zstd_layer(sn: &str) {
-    let image = image_of(layer_with_data().build(Compression::Zstd).with_corrupted_blob());
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
+    let image = image_of(
+        layer_with_data()
+            .build(Compression::Zstd)
+            .with_corrupted_blob(),
+    );
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
     refused(sn, &archive, "corrupted zstd layer").await;
 }
 
 async fn blob_digest_lies(sn: &str) {
-    let image = image_of(layer_with_data().build(Compression::Gzip).with_lying_digest());
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
-    refused(sn, &archive, "layer blob whose bytes do not match its digest").await;
+    let image = image_of(
+        layer_with_data()
+            .build(Compression::Gzip)
+            .with_lying_digest(),
+    );
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
+    refused(
+        sn,
+        &archive,
+        "layer blob whose bytes do not match its digest",
+    )
+    .await;
 }
 
 async fn diff_id_does_not_match(sn: &str) {
-    let image = image_of(layer_with_data().build(Compression::Gzip).with_wrong_diff_id());
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
+    let image = image_of(
+        layer_with_data()
+            .build(Compression::Gzip)
+            .with_wrong_diff_id(),
+    );
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
     refused(sn, &archive, "diff_id that does not match the layer (OCI)").await;
 }
 
 async fn diff_id_does_not_match_in_docker_archive(sn: &str) {
-    let image = image_of(layer_with_data().build(Compression::None).with_wrong_diff_id());
+    let image = image_of(
+        layer_with_data()
+            .build(Compression::None)
+            .with_wrong_diff_id(),
+    );
     let archive = DockerArchive::new().image(&image, &["bad:1"]).build();
-    refused(sn, &archive, "diff_id that does not match the layer (docker save)").await;
+    refused(
+        sn,
+        &archive,
+        "diff_id that does not match the layer (docker save)",
+    )
+    .await;
 }
 
 async fn second_layer_diff_id_lies(sn: &str) {
@@ -93,27 +134,43 @@ async fn second_layer_diff_id_lies(sn: &str) {
         .layer(layer_with_data().build(Compression::Gzip))
         .layer(top.build(Compression::Gzip).with_wrong_diff_id())
         .build();
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
     refused(sn, &archive, "second layer with a wrong diff_id").await;
 }
 
 async fn archive_truncated_halfway(sn: &str) {
     let image = image_of(layer_with_data().build(Compression::Gzip));
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
-    refused(sn, &archive[..archive.len() / 2], "archive truncated halfway").await;
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
+    refused(
+        sn,
+        &archive[..archive.len() / 2],
+        "archive truncated halfway",
+    )
+    .await;
 }
 
 async fn docker_archive_truncated_halfway(sn: &str) {
     let image = busybox_image();
     let archive = DockerArchive::new().image(&image, &["bad:1"]).build();
-    refused(sn, &archive[..archive.len() / 2], "docker archive truncated halfway").await;
+    refused(
+        sn,
+        &archive[..archive.len() / 2],
+        "docker archive truncated halfway",
+    )
+    .await;
 }
 
 async fn import_interrupted_halfway(sn: &str) {
     let daemon = Daemon::start().await;
     let client = daemon.client().await;
     let image = busybox_image();
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/cut:1")).build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/cut:1"))
+        .build();
     rpc::import_cancelled(&client, options(sn), &archive, archive.len() / 2).await;
     rpc::assert_nothing_left(&client, "import dropped by the client halfway").await;
     assert_no_mounts(&daemon, "import dropped by the client halfway");
@@ -132,22 +189,32 @@ per_snapshotter!(
     import_interrupted_halfway,
 );
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_an_archive() {
-    refused("", b"this is not a tar archive at all, just some words\n", "garbage bytes").await;
+    refused(
+        "",
+        b"this is not a tar archive at all, just some words\n",
+        "garbage bytes",
+    )
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_archive() {
     refused("", &[], "zero bytes").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_points_at_a_missing_blob() {
     let image = image_of(layer_with_data().build(Compression::Gzip));
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/bad:1")).build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/bad:1"))
+        .build();
     let mut files = sup_tests::image::read_archive(&archive).unwrap();
-    let layer = format!("blobs/sha256/{}", sup_tests::digest::hex_part(&image.layers[0].digest));
+    let layer = format!(
+        "blobs/sha256/{}",
+        sup_tests::digest::hex_part(&image.layers[0].digest)
+    );
     assert!(files.remove(&layer).is_some());
     let mut builder = tar::Builder::new(Vec::new());
     for (name, data) in &files {
@@ -156,15 +223,22 @@ async fn manifest_points_at_a_missing_blob() {
         h.set_size(data.len() as u64);
         builder.append_data(&mut h, name, data.as_slice()).unwrap();
     }
-    refused("", &builder.into_inner().unwrap(), "manifest naming a blob the archive lacks").await;
+    refused(
+        "",
+        &builder.into_inner().unwrap(),
+        "manifest naming a blob the archive lacks",
+    )
+    .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_must_come_first() {
     let daemon = Daemon::start().await;
     let client = daemon.client().await;
     let image = busybox_image();
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/x:1")).build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/x:1"))
+        .build();
     let reqs = vec![
         api::ImportRequest {
             payload: Some(api::import_request::Payload::Chunk(archive.clone())),
@@ -174,7 +248,11 @@ async fn options_must_come_first() {
         },
     ];
     let result = async {
-        let mut stream = client.images().import(tokio_stream::iter(reqs)).await?.into_inner();
+        let mut stream = client
+            .images()
+            .import(tokio_stream::iter(reqs))
+            .await?
+            .into_inner();
         while let Some(msg) = stream.message().await? {
             if let Some(api::import_response::Payload::Result(r)) = msg.payload {
                 return Ok(r);
@@ -187,7 +265,7 @@ async fn options_must_come_first() {
     rpc::assert_nothing_left(&client, "chunk before options").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_snapshotter_is_refused() {
     let daemon = Daemon::start().await;
     let client = daemon.client().await;

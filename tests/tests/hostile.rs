@@ -14,7 +14,9 @@ use sup_tests::image::name_annotations;
 use sup_tests::model::image_tree;
 use sup_tests::rpc::{self, import_ok, options};
 use sup_tests::view::{view_image, view_snapshot};
-use sup_tests::{per_snapshotter, Compression, Daemon, ImageBuilder, Layer, LayerBuilder, OciArchive, Tree};
+use sup_tests::{
+    per_snapshotter, Compression, Daemon, ImageBuilder, Layer, LayerBuilder, OciArchive, Tree,
+};
 use tonic::Code;
 
 /// Enough `..` to climb from any snapshot directory to `/`.
@@ -49,7 +51,10 @@ impl Scene {
 
     /// The sentinel's absolute path without the leading `/`, for appending to `..` chains.
     fn sentinel_rel(&self) -> String {
-        self.sentinel.to_string_lossy().trim_start_matches('/').to_string()
+        self.sentinel
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string()
     }
 
     fn sentinel_abs(&self) -> String {
@@ -125,11 +130,25 @@ async fn expect_contained(sn: &str, scene: &Scene, layers: Vec<Layer>, what: &st
         }
     }
 
+    eprintln!(
+        "{what} [{sn}]: {}",
+        match &result {
+            Ok(_) => "imported, entries confined".to_string(),
+            Err(s) => format!("refused: {}", s.message()),
+        }
+    );
     let after = Tree::scan(sentinel).unwrap();
     after.assert_matches(&before, &format!("{what}: the sentinel outside the root"));
     let victim = std::fs::metadata(sentinel.join("victim")).unwrap();
-    assert_eq!(victim.nlink(), 1, "{what}: something hard-linked the sentinel's victim");
-    assert_eq!(std::fs::read_to_string(sentinel.join("victim")).unwrap(), "original\n");
+    assert_eq!(
+        victim.nlink(),
+        1,
+        "{what}: something hard-linked the sentinel's victim"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sentinel.join("victim")).unwrap(),
+        "original\n"
+    );
 
     let mut found = Vec::new();
     marked_files(daemon.dir(), &daemon.dir().join("mnt"), &mut found);
@@ -215,7 +234,13 @@ async fn pax_path_disagrees_with_header(sn: &str) {
     let layer = raw_layer(|l| {
         l.file(&name, "pwned\n").ustar_decoy("harmless");
     });
-    expect_contained(sn, &s, vec![layer], "PAX path ../../<sentinel>/x, ustar name harmless").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![layer],
+        "PAX path ../../<sentinel>/x, ustar name harmless",
+    )
+    .await;
 }
 
 async fn symlink_parent_absolute(sn: &str) {
@@ -254,7 +279,13 @@ async fn symlink_parent_from_lower_layer(sn: &str) {
     let upper = raw_layer(|l| {
         l.file(&format!("evil/{MARK}-lower"), "pwned\n");
     });
-    expect_contained(sn, &s, vec![lower, upper], "layer 1: evil -> /<sentinel>; layer 2: evil/x").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![lower, upper],
+        "layer 1: evil -> /<sentinel>; layer 2: evil/x",
+    )
+    .await;
 }
 
 async fn directory_over_symlink_from_lower_layer(sn: &str) {
@@ -264,7 +295,13 @@ async fn directory_over_symlink_from_lower_layer(sn: &str) {
         l.dir("evil");
         l.file(&format!("evil/{MARK}-dirover"), "pwned\n");
     });
-    expect_contained(sn, &s, vec![lower, upper], "layer 1: evil -> /<sentinel>; layer 2: evil/ and evil/x").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![lower, upper],
+        "layer 1: evil -> /<sentinel>; layer 2: evil/ and evil/x",
+    )
+    .await;
 }
 
 async fn hardlink_to_absolute_host_file(sn: &str) {
@@ -283,7 +320,13 @@ async fn hardlink_then_overwrite(sn: &str) {
         l.hardlink(&format!("{MARK}-grab"), &target);
         l.file(&format!("{MARK}-grab"), "pwned\n");
     });
-    expect_contained(sn, &s, vec![layer], "hard link to /<sentinel>/victim, then written").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![layer],
+        "hard link to /<sentinel>/victim, then written",
+    )
+    .await;
 }
 
 async fn hardlink_with_dotdot(sn: &str) {
@@ -302,7 +345,13 @@ async fn hardlink_through_symlink(sn: &str) {
         l.hardlink(&format!("{MARK}-grab"), "evil/victim");
         l.file(&format!("{MARK}-grab"), "pwned\n");
     });
-    expect_contained(sn, &s, vec![lower, upper], "evil -> /<sentinel>; hard link to evil/victim").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![lower, upper],
+        "evil -> /<sentinel>; hard link to evil/victim",
+    )
+    .await;
 }
 
 async fn whiteout_with_dotdot(sn: &str) {
@@ -314,7 +363,13 @@ async fn whiteout_with_dotdot(sn: &str) {
     let layer = raw_layer(|l| {
         l.file(&name, "");
     });
-    expect_contained(sn, &s, vec![base, layer], "whiteout ../../<sentinel>/.wh.victim").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![base, layer],
+        "whiteout ../../<sentinel>/.wh.victim",
+    )
+    .await;
 }
 
 async fn whiteout_of_dotdot(sn: &str) {
@@ -327,7 +382,13 @@ async fn whiteout_of_dotdot(sn: &str) {
         l.file("sub/.wh...", "");
         l.file(".wh...", "");
     });
-    expect_contained(sn, &s, vec![base, layer], "whiteouts .wh... naming the parent").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![base, layer],
+        "whiteouts .wh... naming the parent",
+    )
+    .await;
 }
 
 async fn whiteout_through_symlink(sn: &str) {
@@ -336,7 +397,13 @@ async fn whiteout_through_symlink(sn: &str) {
     let upper = raw_layer(|l| {
         l.file("evil/.wh.victim", "");
     });
-    expect_contained(sn, &s, vec![lower, upper], "evil -> /<sentinel>; evil/.wh.victim").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![lower, upper],
+        "evil -> /<sentinel>; evil/.wh.victim",
+    )
+    .await;
 }
 
 async fn opaque_through_symlink(sn: &str) {
@@ -345,7 +412,13 @@ async fn opaque_through_symlink(sn: &str) {
     let upper = raw_layer(|l| {
         l.file("evil/.wh..wh..opq", "");
     });
-    expect_contained(sn, &s, vec![lower, upper], "evil -> /<sentinel>; evil/.wh..wh..opq").await;
+    expect_contained(
+        sn,
+        &s,
+        vec![lower, upper],
+        "evil -> /<sentinel>; evil/.wh..wh..opq",
+    )
+    .await;
 }
 
 per_snapshotter!(

@@ -41,10 +41,14 @@ fn layered_image() -> Image {
     let mut l1 = LayerBuilder::new();
     l1.dir("etc").mtime(1_100_000_000);
     l1.file("etc/passwd", sup_tests::busybox::PASSWD);
-    l1.file("etc/shadow", "root:*:19000::::::\n").mode(0o640).owner(0, 42);
+    l1.file("etc/shadow", "root:*:19000::::::\n")
+        .mode(0o640)
+        .owner(0, 42);
     l1.symlink("etc/abs", "/etc/passwd");
     l1.dir("usr/bin");
-    l1.file("usr/bin/tool", "tool v1\n").mode(0o755).mtime(1_000_000_000);
+    l1.file("usr/bin/tool", "tool v1\n")
+        .mode(0o755)
+        .mtime(1_000_000_000);
     l1.hardlink("usr/bin/tool-link", "usr/bin/tool");
     l1.symlink("usr/bin/t", "tool").mtime(1_200_000_000);
     l1.file("usr/bin/setuid", "suid").mode(0o4755);
@@ -53,7 +57,10 @@ fn layered_image() -> Image {
         .mode(0o755)
         .xattr("security.capability", net_raw_capability());
     l1.symlink("bin", "usr/bin");
-    l1.dir("home/user").owner(1000, 1000).mode(0o700).mtime(1_300_000_000);
+    l1.dir("home/user")
+        .owner(1000, 1000)
+        .mode(0o700)
+        .mtime(1_300_000_000);
     l1.file("home/user/.profile", "export A=1\n")
         .owner(1000, 1000)
         .mode(0o600);
@@ -89,8 +96,13 @@ fn layered_image() -> Image {
     l2.file("swap/child", "child\n");
     l2.file("flip", "now a file\n");
     l2.file("usr/bin/tool", "tool v2\n").mode(0o755);
+    // As `docker build` writes it: a changed directory's header carries its xattrs along.
+    l2.dir("data").xattr("user.sup.dir", "d");
     l2.whiteout("data/h3");
-    l2.dir("opt/app").mode(0o750).owner(1000, 1000).mtime(1_400_000_000);
+    l2.dir("opt/app")
+        .mode(0o750)
+        .owner(1000, 1000)
+        .mtime(1_400_000_000);
     l2.file("data/big", noise(200 * 1024, 8));
 
     let mut l3 = LayerBuilder::new();
@@ -124,28 +136,59 @@ async fn layered_tree_matches_entry_by_entry(sn: &str) {
     tree.assert_matches(&image_tree(&image), "three layers");
 
     // The facts a user would look for first, spelled out.
-    for gone in ["etc/shadow", "var/log/old.log", "var/cache/a", "var/cache/sub", "flip/inner", "data/h3"] {
+    for gone in [
+        "etc/shadow",
+        "var/log/old.log",
+        "var/cache/a",
+        "var/cache/sub",
+        "flip/inner",
+        "data/h3",
+    ] {
         assert!(tree.get(gone).is_none(), "{gone} should be gone");
     }
-    assert_eq!(std::fs::read_to_string(view.join("var/cache/new")).unwrap(), "fresh\n");
-    assert_eq!(std::fs::read_to_string(view.join("swap")).unwrap(), "a file again\n");
-    assert_eq!(std::fs::read_to_string(view.join("flip/again")).unwrap(), "back\n");
-    assert_eq!(std::fs::read_to_string(view.join("usr/bin/tool")).unwrap(), "tool v2\n");
-    assert_eq!(std::fs::read_to_string(view.join("usr/bin/tool-link")).unwrap(), "tool v1\n");
-    assert_eq!(std::fs::read_to_string(view.join("opt/app/data")).unwrap(), "v1");
+    assert_eq!(
+        std::fs::read_to_string(view.join("var/cache/new")).unwrap(),
+        "fresh\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view.join("swap")).unwrap(),
+        "a file again\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view.join("flip/again")).unwrap(),
+        "back\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view.join("usr/bin/tool")).unwrap(),
+        "tool v2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view.join("usr/bin/tool-link")).unwrap(),
+        "tool v1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view.join("opt/app/data")).unwrap(),
+        "v1"
+    );
     let h1 = std::fs::metadata(view.join("data/h1")).unwrap();
     let h2 = std::fs::metadata(view.join("data/h2")).unwrap();
     assert_eq!(h1.ino(), h2.ino(), "data/h1 and data/h2 are one inode");
     assert_eq!(tree.get("usr/bin/setuid").unwrap().mode, 0o4755);
     assert_eq!(tree.get("usr/bin/setgid").unwrap().mode, 0o2755);
     assert_eq!(
-        tree.get("usr/bin/ping").unwrap().xattrs.get("security.capability"),
+        tree.get("usr/bin/ping")
+            .unwrap()
+            .xattrs
+            .get("security.capability"),
         Some(&net_raw_capability())
     );
     assert_eq!(tree.get("dev/null").unwrap().kind, Kind::Char(1, 3));
     assert_eq!(tree.get("run/ctl").unwrap().kind, Kind::Fifo);
     let home = tree.get("home/user").unwrap();
-    assert_eq!((home.uid, home.gid, home.mode, home.mtime), (1000, 1000, 0o700, 1_300_000_000));
+    assert_eq!(
+        (home.uid, home.gid, home.mode, home.mtime),
+        (1000, 1000, 0o700, 1_300_000_000)
+    );
     assert_eq!(tree.get("usr/bin/tool-link").unwrap().mtime, 1_000_000_000);
 }
 
@@ -164,11 +207,16 @@ async fn many_layers_stack_in_order(sn: &str) {
         builder = builder.layer(layer.build(compression));
     }
     let image = builder.build();
-    let archive = OciArchive::new().image(&image, name_annotations("example.com/tall:1")).build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/tall:1"))
+        .build();
     import_ok(&client, options(sn), &archive).await;
     let view = view_image(&daemon, &client, "example.com/tall:1", sn).await;
     view.tree().assert_matches(&image_tree(&image), "24 layers");
-    assert_eq!(std::fs::read_to_string(view.join("counter")).unwrap(), "23\n");
+    assert_eq!(
+        std::fs::read_to_string(view.join("counter")).unwrap(),
+        "23\n"
+    );
 }
 
 async fn shared_layers_are_unpacked_once(sn: &str) {
@@ -181,13 +229,23 @@ async fn shared_layers_are_unpacked_once(sn: &str) {
     a.file("app", "a\n");
     let mut b = LayerBuilder::new();
     b.file("app", "b\n");
-    let image_a = ImageBuilder::new().layer(base.clone()).layer(a.build(Compression::Gzip)).build();
-    let image_b = ImageBuilder::new().layer(base.clone()).layer(b.build(Compression::Gzip)).build();
+    let image_a = ImageBuilder::new()
+        .layer(base.clone())
+        .layer(a.build(Compression::Gzip))
+        .build();
+    let image_b = ImageBuilder::new()
+        .layer(base.clone())
+        .layer(b.build(Compression::Gzip))
+        .build();
     let base_chain = image_a.chain_ids()[0].clone();
     assert_eq!(base_chain, image_b.chain_ids()[0]);
 
-    let first = OciArchive::new().image(&image_a, name_annotations("example.com/a:1")).build();
-    let second = OciArchive::new().image(&image_b, name_annotations("example.com/b:1")).build();
+    let first = OciArchive::new()
+        .image(&image_a, name_annotations("example.com/a:1"))
+        .build();
+    let second = OciArchive::new()
+        .image(&image_b, name_annotations("example.com/b:1"))
+        .build();
     import_ok(&client, options(sn), &first).await;
     import_ok(&client, options(sn), &second).await;
 
@@ -220,22 +278,69 @@ async fn shared_layers_are_unpacked_once(sn: &str) {
     })
     .await
     .unwrap_or_else(|names| panic!("image a's top snapshot outlived it: {names:?}"));
-    assert!(left.contains(&base_chain) && left.contains(&image_b.chain_id()), "{left:?}");
+    assert!(
+        left.contains(&base_chain) && left.contains(&image_b.chain_id()),
+        "{left:?}"
+    );
     let view = view_image(&daemon, &client, "example.com/b:1", sn).await;
-    view.tree().assert_matches(&image_tree(&image_b), "image b after a was deleted");
+    view.tree()
+        .assert_matches(&image_tree(&image_b), "image b after a was deleted");
     view.release(&client).await;
 
     rpc::delete_image(&client, "example.com/b:1").await.unwrap();
     rpc::assert_nothing_left(&client, "after deleting both images").await;
 }
 
+/// A directory written again by a later layer takes the later header's metadata whole:
+/// mode, owner, mtime and xattrs (an xattr the header lacks is gone), children kept.
+async fn directory_header_replaces_its_metadata(sn: &str) {
+    let daemon = Daemon::start().await;
+    let client = daemon.client().await;
+    let mut l1 = LayerBuilder::new();
+    l1.dir("d")
+        .mode(0o700)
+        .owner(1000, 1000)
+        .mtime(1_000_000_000)
+        .xattr("user.a", "1")
+        .xattr("user.b", "2");
+    l1.file("d/child", "kept\n");
+    let mut l2 = LayerBuilder::new();
+    l2.dir("d")
+        .mode(0o755)
+        .mtime(1_500_000_000)
+        .xattr("user.a", "changed");
+    let image = ImageBuilder::new()
+        .layer(l1.build(Compression::Gzip))
+        .layer(l2.build(Compression::Gzip))
+        .build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations("example.com/dirmeta:1"))
+        .build();
+    import_ok(&client, options(sn), &archive).await;
+    let view = view_image(&daemon, &client, "example.com/dirmeta:1", sn).await;
+    let tree = view.tree();
+    let d = tree.get("d").unwrap();
+    assert_eq!(
+        (d.mode, d.uid, d.gid, d.mtime),
+        (0o755, 0, 0, 1_500_000_000)
+    );
+    let xattrs: Vec<(&str, &[u8])> = d
+        .xattrs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    assert_eq!(xattrs, [("user.a", b"changed".as_slice())], "xattrs of d");
+    tree.assert_matches(&image_tree(&image), "directory rewritten by layer 2");
+}
+
 per_snapshotter!(
+    directory_header_replaces_its_metadata,
     layered_tree_matches_entry_by_entry,
     many_layers_stack_in_order,
     shared_layers_are_unpacked_once,
 );
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_image_unpacks_into_both_snapshotters() {
     let daemon = Daemon::start().await;
     let client = daemon.client().await;
@@ -247,7 +352,9 @@ async fn one_image_unpacks_into_both_snapshotters() {
     let native = view_image(&daemon, &client, "example.com/both:1", "native").await;
     let overlay = view_image(&daemon, &client, "example.com/both:1", "overlayfs").await;
     native.tree().assert_matches(&image_tree(&image), "native");
-    overlay.tree().assert_matches(&native.tree(), "overlayfs against native");
+    overlay
+        .tree()
+        .assert_matches(&native.tree(), "overlayfs against native");
     let mut unpacked = rpc::inspect(&client, "example.com/both:1").await.unpacked;
     unpacked.sort();
     assert_eq!(unpacked, ["native", "overlayfs"]);

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use sup_proto::v1::{
-    content_server::ContentServer, events_server::EventsServer, images_server::ImagesServer,
+    containers_server::ContainersServer, content_server::ContentServer,
+    tasks_server::TasksServer, events_server::EventsServer, images_server::ImagesServer,
     namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
     version_server::VersionServer,
 };
@@ -15,7 +16,6 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::error::{Error, Result};
 use crate::service::Services;
 
-#[cfg(feature = "tasks-wip")]
 pub mod containers;
 pub mod content;
 pub mod convert;
@@ -23,7 +23,6 @@ pub mod events;
 pub mod images;
 pub mod namespaces;
 pub mod snapshots;
-#[cfg(feature = "tasks-wip")]
 pub mod tasks;
 pub mod version;
 
@@ -96,6 +95,12 @@ pub async fn serve(
         )
         .add_service(SnapshotsServer::new(snapshots::SnapshotsApi(s.clone())))
         .add_service(EventsServer::new(events::EventsApi(s.clone())))
+        .add_service(ContainersServer::new(containers::ContainersApi(s.clone())))
+        .add_service(
+            TasksServer::new(tasks::TasksApi(s.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
 
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await

@@ -180,15 +180,15 @@ impl Services {
             tokio::task::spawn_blocking(move || s.stat(&n, &k)).await??;
             (new.snapshot_key.clone(), false)
         };
-        let undo = |this: Arc<Self>, e: Error| async move {
-            if owns_snapshot {
-                let (s, n, k) = (snapshotter.clone(), ns.to_string(), snapshot_key.clone());
-                let _ = tokio::task::spawn_blocking(move || s.remove(&n, &k)).await;
+        let undo = |e: Error| {
+            let (s, n, k) = (snapshotter.clone(), ns.to_string(), snapshot_key.clone());
+            async move {
+                if owns_snapshot {
+                    let _ = tokio::task::spawn_blocking(move || s.remove(&n, &k)).await;
+                }
+                e
             }
-            drop(this);
-            e
         };
-
         let spec = match new.spec.clone() {
             Some(s) => s,
             None => match self
@@ -196,7 +196,7 @@ impl Services {
                 .await
             {
                 Ok(s) => s,
-                Err(e) => return Err(undo(self.clone(), e).await),
+                Err(e) => return Err(undo(e).await),
             },
         };
         let now = SystemTime::now();
@@ -228,11 +228,11 @@ impl Services {
             Ok(())
         })();
         if let Err(e) = stored {
-            return Err(undo(self.clone(), e).await);
+            return Err(undo(e).await);
         }
         if let Err(e) = self.store.flush().await {
             let _ = self.store.containers.remove(&key);
-            return Err(undo(self.clone(), e).await);
+            return Err(undo(e).await);
         }
         self.events.publish(
             ns,

@@ -11,12 +11,10 @@ use crate::events::Exchange;
 use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
-#[cfg(feature = "tasks-wip")]
 pub mod containers;
 pub mod images;
 pub mod namespaces;
 pub mod snapshots;
-#[cfg(feature = "tasks-wip")]
 pub mod tasks;
 
 /// Everything the services share. One per daemon, behind an `Arc`.
@@ -28,8 +26,7 @@ pub struct Services {
     pub snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     pub default_snapshotter: String,
     pub events: Exchange,
-    #[cfg(feature = "tasks-wip")]
-    pub tasks: tasks::Tasks,
+        pub tasks: tasks::Tasks,
 }
 
 impl Services {

@@ -40,8 +40,15 @@ pub fn parse(image_config: &[u8]) -> Result<ImageDefaults> {
     if image_config.iter().all(u8::is_ascii_whitespace) {
         return Ok(ImageDefaults::default());
     }
-    let file: ConfigFile = serde_json::from_slice(image_config)
-        .map_err(|e| Error::invalid(format!("image config: not a valid OCI image config: {e}")))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::invalid(format!("image config: not a valid OCI image config: {e}"))
+    };
+    // serde would also take a JSON array for a struct.
+    let first = image_config.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(bad(&"not a JSON object"));
+    }
+    let file: ConfigFile = serde_json::from_slice(image_config).map_err(|e| bad(&e))?;
     let c = file.config.unwrap_or_default();
     Ok(ImageDefaults {
         entrypoint: c.entrypoint.unwrap_or_default(),
@@ -73,8 +80,14 @@ mod tests {
         assert!(d.entrypoint.is_empty());
         assert_eq!(d.cmd, ["sh"]);
 
-        assert_eq!(parse(br#"{"os":"linux"}"#).unwrap(), ImageDefaults::default());
-        assert_eq!(parse(br#"{"config":null}"#).unwrap(), ImageDefaults::default());
+        assert_eq!(
+            parse(br#"{"os":"linux"}"#).unwrap(),
+            ImageDefaults::default()
+        );
+        assert_eq!(
+            parse(br#"{"config":null}"#).unwrap(),
+            ImageDefaults::default()
+        );
         assert_eq!(parse(b"").unwrap(), ImageDefaults::default());
     }
 

@@ -42,7 +42,14 @@ pub fn defaults(privileged: bool) -> Result<Vec<Mount>> {
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
         mount(
             "/dev/shm",
@@ -50,8 +57,18 @@ pub fn defaults(privileged: bool) -> Result<Vec<Mount>> {
             "shm",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         )?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_access])?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_access],
+        )?,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -141,7 +158,11 @@ fn tmpfs(m: &MountSpec, dest: &str) -> Result<Mount> {
     if m.source.contains('\0') {
         return Err(Error::invalid("source: contains a NUL byte"));
     }
-    let source = if m.source.is_empty() { "tmpfs" } else { &m.source };
+    let source = if m.source.is_empty() {
+        "tmpfs"
+    } else {
+        &m.source
+    };
     // Docker's tmpfs defaults; options given later (such as "exec") override them.
     let mut options: Vec<String> = ["nosuid", "nodev", "noexec"].map(String::from).to_vec();
     options.extend(m.options.iter().cloned());
@@ -214,7 +235,13 @@ pub fn merge(defaults: Vec<Mount>, extra: Vec<Mount>) -> Vec<Mount> {
 mod tests {
     use super::*;
 
-    fn spec(source: &str, destination: &str, kind: &str, readonly: bool, options: &[&str]) -> MountSpec {
+    fn spec(
+        source: &str,
+        destination: &str,
+        kind: &str,
+        readonly: bool,
+        options: &[&str],
+    ) -> MountSpec {
         MountSpec {
             source: source.to_string(),
             destination: destination.to_string(),
@@ -225,16 +252,32 @@ mod tests {
     }
 
     fn opts(m: &Mount) -> Vec<&str> {
-        m.options().as_ref().unwrap().iter().map(String::as_str).collect()
+        m.options()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect()
     }
 
     #[test]
     fn defaults_and_privileged() {
         let d = defaults(false).unwrap();
-        let dests: Vec<_> = d.iter().map(|m| m.destination().to_str().unwrap()).collect();
+        let dests: Vec<_> = d
+            .iter()
+            .map(|m| m.destination().to_str().unwrap())
+            .collect();
         assert_eq!(
             dests,
-            ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"]
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/sys/fs/cgroup"
+            ]
         );
         assert!(opts(&d[5]).contains(&"ro"));
         assert!(opts(&d[6]).contains(&"ro"));
@@ -258,7 +301,10 @@ mod tests {
         assert_eq!(m[1].destination(), Path::new("/ro/x"));
         assert_eq!(opts(&m[1]), ["bind", "nosuid", "ro"]);
         assert_eq!(m[2].source().as_deref(), Some(Path::new("tmpfs")));
-        assert_eq!(opts(&m[2]), ["nosuid", "nodev", "noexec", "size=1m", "exec", "rw"]);
+        assert_eq!(
+            opts(&m[2]),
+            ["nosuid", "nodev", "noexec", "size=1m", "exec", "rw"]
+        );
     }
 
     #[test]
@@ -281,7 +327,11 @@ mod tests {
             let err = caller(std::slice::from_ref(&bad)).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err}");
         }
-        let err = caller(&[spec(s, "/x", "", false, &[]), spec(s, "/x/", "", false, &[])]).unwrap_err();
+        let err = caller(&[
+            spec(s, "/x", "", false, &[]),
+            spec(s, "/x/", "", false, &[]),
+        ])
+        .unwrap_err();
         assert!(err.to_string().contains("same destination"), "{err}");
         let err = caller(&[spec("rel", "/x", "", false, &[])]).unwrap_err();
         assert_eq!(
@@ -299,7 +349,10 @@ mod tests {
         let m = host_network(host.path()).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].destination(), Path::new("/etc/resolv.conf"));
-        assert_eq!(m[0].source().as_deref(), Some(host.path().join("etc/resolv.conf").as_path()));
+        assert_eq!(
+            m[0].source().as_deref(),
+            Some(host.path().join("etc/resolv.conf").as_path())
+        );
         assert_eq!(opts(&m[0]), ["rbind", "ro"]);
     }
 
@@ -309,7 +362,10 @@ mod tests {
         let s = src.path().to_str().unwrap();
         let extra = caller(&[spec(s, "/dev/shm", "", false, &[])]).unwrap();
         let all = merge(defaults(false).unwrap(), extra);
-        let shm: Vec<_> = all.iter().filter(|m| m.destination() == Path::new("/dev/shm")).collect();
+        let shm: Vec<_> = all
+            .iter()
+            .filter(|m| m.destination() == Path::new("/dev/shm"))
+            .collect();
         assert_eq!(shm.len(), 1);
         assert_eq!(shm[0].typ().as_deref(), Some("bind"));
     }

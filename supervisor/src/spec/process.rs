@@ -36,12 +36,16 @@ pub fn check_args(args: &[String]) -> Result<()> {
     match args.first() {
         None => return Err(Error::invalid("args: empty, give the command to run")),
         Some(a) if a.is_empty() => {
-            return Err(Error::invalid("args: the first argument (the program) is empty"))
+            return Err(Error::invalid(
+                "args: the first argument (the program) is empty",
+            ))
         }
         Some(_) => {}
     }
     if let Some(bad) = args.iter().find(|a| a.contains('\0')) {
-        return Err(Error::invalid(format!("argument {bad:?}: contains a NUL byte")));
+        return Err(Error::invalid(format!(
+            "argument {bad:?}: contains a NUL byte"
+        )));
     }
     Ok(())
 }
@@ -55,7 +59,7 @@ pub struct Env {
 impl Env {
     /// Adds `entries` in order, each replacing an earlier entry with the same key. `origin`
     /// names where they come from in errors ("image config Env", "env").
-    pub fn extend(&mut self, entries: &[String], origin: &str) -> Result<()> {
+    pub fn merge(&mut self, entries: &[String], origin: &str) -> Result<()> {
         for entry in entries {
             let key = check_entry(entry, origin)?;
             self.set_entry(key, entry.clone());
@@ -64,7 +68,7 @@ impl Env {
     }
 
     /// Sets `key` unless it is already set.
-    pub fn default(&mut self, key: &str, value: &str) {
+    pub fn set_default(&mut self, key: &str, value: &str) {
         if !self.has(key) {
             self.entries.push(format!("{key}={value}"));
         }
@@ -145,16 +149,25 @@ mod tests {
     #[test]
     fn override_rules() {
         let img = image(&["/entry", "-x"], &["serve"]);
-        assert_eq!(args(&img, None, None).unwrap(), v(&["/entry", "-x", "serve"]));
+        assert_eq!(
+            args(&img, None, None).unwrap(),
+            v(&["/entry", "-x", "serve"])
+        );
         // A command replaces only the cmd.
         let c = v(&["run", "fast"]);
-        assert_eq!(args(&img, None, Some(&c)).unwrap(), v(&["/entry", "-x", "run", "fast"]));
+        assert_eq!(
+            args(&img, None, Some(&c)).unwrap(),
+            v(&["/entry", "-x", "run", "fast"])
+        );
         // A new entrypoint drops the image's cmd...
         let e = v(&["/bin/sh", "-c"]);
         assert_eq!(args(&img, Some(&e), None).unwrap(), v(&["/bin/sh", "-c"]));
         // ...unless a command is given too.
         let c = v(&["echo hi"]);
-        assert_eq!(args(&img, Some(&e), Some(&c)).unwrap(), v(&["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(
+            args(&img, Some(&e), Some(&c)).unwrap(),
+            v(&["/bin/sh", "-c", "echo hi"])
+        );
         // An empty entrypoint clears it; the command stands alone.
         let c = v(&["/bin/true"]);
         assert_eq!(args(&img, Some(&[]), Some(&c)).unwrap(), v(&["/bin/true"]));
@@ -180,10 +193,10 @@ mod tests {
     #[test]
     fn env_merge() {
         let mut env = Env::default();
-        env.extend(&v(&["A=1", "B=2", "A=3"]), "image").unwrap();
-        env.extend(&v(&["B=", "C=x=y"]), "env").unwrap();
-        env.default("PATH", DEFAULT_PATH);
-        env.default("A", "ignored");
+        env.merge(&v(&["A=1", "B=2", "A=3"]), "image").unwrap();
+        env.merge(&v(&["B=", "C=x=y"]), "env").unwrap();
+        env.set_default("PATH", DEFAULT_PATH);
+        env.set_default("A", "ignored");
         assert_eq!(
             env.into_vec(),
             v(&["A=3", "B=", "C=x=y", &format!("PATH={DEFAULT_PATH}")])
@@ -193,7 +206,7 @@ mod tests {
     #[test]
     fn bad_env_entries() {
         for bad in ["NOVALUE", "=x", "", "A=b\0c"] {
-            let err = Env::default().extend(&v(&[bad]), "env").unwrap_err();
+            let err = Env::default().merge(&v(&[bad]), "env").unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}");
             assert!(err.to_string().starts_with("env: entry"), "{err}");
         }

@@ -38,7 +38,9 @@ pub fn build(
                 "memory limit {memory_limit}: below the minimum of {MIN_MEMORY} bytes (4 MiB)"
             )));
         }
-        r = r.memory(built(LinuxMemoryBuilder::default().limit(memory_limit).build())?);
+        r = r.memory(built(
+            LinuxMemoryBuilder::default().limit(memory_limit).build(),
+        )?);
     }
 
     if !cpus.is_finite() || cpus < 0.0 {
@@ -80,7 +82,9 @@ pub fn build(
         )));
     }
     if pids_limit > 0 {
-        r = r.pids(built(LinuxPidsBuilder::default().limit(pids_limit).build())?);
+        r = r.pids(built(
+            LinuxPidsBuilder::default().limit(pids_limit).build(),
+        )?);
     }
     built(r.build())
 }
@@ -123,7 +127,10 @@ mod tests {
             (0, 0.0, 0, -1),
         ] {
             let err = build(mem, cpus, shares, pids).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument(_)), "{mem} {cpus} {shares} {pids}");
+            assert!(
+                matches!(err, Error::InvalidArgument(_)),
+                "{mem} {cpus} {shares} {pids}"
+            );
         }
         assert_eq!(
             build(1 << 20, 0.0, 0, 0).unwrap_err().to_string(),

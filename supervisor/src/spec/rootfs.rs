@@ -32,7 +32,7 @@ pub fn read_file(rootfs: &Path, rel: &str) -> Result<Option<Vec<u8>>> {
         Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Ok(None),
         Err(Errno::LOOP) => {
             return Err(Error::invalid(format!(
-                "{shown}: refusing to follow a symbolic link"
+                "{shown}: symbolic link loop (links resolve inside the root filesystem)"
             )))
         }
         Err(e) => return Err(Error::io(&shown, e.into())),
@@ -125,7 +125,11 @@ mod tests {
     #[test]
     fn reads_a_regular_file() {
         let root = rootfs();
-        std::fs::write(root.path().join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            b"root:x:0:0::/root:/bin/sh\n",
+        )
+        .unwrap();
         let data = read_file(root.path(), "etc/passwd").unwrap().unwrap();
         assert_eq!(data, b"root:x:0:0::/root:/bin/sh\n");
         assert!(read_file(root.path(), "etc/group").unwrap().is_none());
@@ -187,9 +191,12 @@ mod tests {
         let root = rootfs();
         std::fs::write(root.path().join("etc/real"), b"x\n").unwrap();
         symlink("real", root.path().join("etc/passwd")).unwrap();
-        let fd = rustix::fs::open(root.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .unwrap();
-        assert_eq!(open_no_symlinks(&fd, "etc/passwd").unwrap_err(), Errno::LOOP);
+        let fd =
+            rustix::fs::open(root.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        assert_eq!(
+            open_no_symlinks(&fd, "etc/passwd").unwrap_err(),
+            Errno::LOOP
+        );
         assert!(open_no_symlinks(&fd, "etc/real").is_ok());
         assert_eq!(open_no_symlinks(&fd, "../x").unwrap_err(), Errno::INVAL);
     }

@@ -105,7 +105,11 @@ const DEFAULT_NOFILE: u64 = 1_048_576;
 
 /// The capability set: the default (or all, when privileged), then "ALL" in cap_add or
 /// cap_drop, then the named additions, then the named drops.
-pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result<LinuxCapabilities> {
+pub fn capabilities(
+    privileged: bool,
+    add: &[String],
+    drop: &[String],
+) -> Result<LinuxCapabilities> {
     let (add_all, add) = parse_caps(add, "cap_add")?;
     let (drop_all, drop) = parse_caps(drop, "cap_drop")?;
     if add_all && drop_all {
@@ -127,13 +131,16 @@ pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result
     };
     set.extend(add);
     set.retain(|c| !drop.contains(c));
-    built(
+    let mut caps = built(
         LinuxCapabilitiesBuilder::default()
             .bounding(set.clone())
             .effective(set.clone())
             .permitted(set)
             .build(),
-    )
+    )?;
+    // The builder fills unset sets from oci-spec's own defaults: these must stay empty.
+    caps.set_inheritable(None).set_ambient(None);
+    Ok(caps)
 }
 
 /// Parses capability names ("NET_ADMIN", "cap_net_admin", "ALL").
@@ -147,9 +154,8 @@ fn parse_caps(names: &[String], field: &str) -> Result<(bool, HashSet<Capability
             all = true;
             continue;
         }
-        let cap = Capability::from_str(bare).map_err(|_| {
-            Error::invalid(format!("{field}: capability {name:?}: unknown"))
-        })?;
+        let cap = Capability::from_str(bare)
+            .map_err(|_| Error::invalid(format!("{field}: capability {name:?}: unknown")))?;
         caps.insert(cap);
     }
     Ok((all, caps))
@@ -159,22 +165,28 @@ fn parse_caps(names: &[String], field: &str) -> Result<(bool, HashSet<Capability
 /// (and mknod, which the capability set governs). Privileged: allow everything.
 pub fn device_rules(privileged: bool) -> Result<Vec<LinuxDeviceCgroup>> {
     if privileged {
-        return Ok(vec![rule(true, Some(LinuxDeviceType::A), None, None, "rwm")?]);
+        return Ok(vec![rule(
+            true,
+            Some(LinuxDeviceType::A),
+            None,
+            None,
+            "rwm",
+        )?]);
     }
     let c = Some(LinuxDeviceType::C);
     Ok(vec![
         rule(false, Some(LinuxDeviceType::A), None, None, "rwm")?,
         rule(true, c, None, None, "m")?,
         rule(true, Some(LinuxDeviceType::B), None, None, "m")?,
-        rule(true, c, Some(1), Some(3), "rwm")?,   // /dev/null
-        rule(true, c, Some(1), Some(5), "rwm")?,   // /dev/zero
-        rule(true, c, Some(1), Some(7), "rwm")?,   // /dev/full
-        rule(true, c, Some(1), Some(8), "rwm")?,   // /dev/random
-        rule(true, c, Some(1), Some(9), "rwm")?,   // /dev/urandom
-        rule(true, c, Some(5), Some(0), "rwm")?,   // /dev/tty
-        rule(true, c, Some(5), Some(1), "rwm")?,   // /dev/console
-        rule(true, c, Some(5), Some(2), "rwm")?,   // /dev/ptmx
-        rule(true, c, Some(136), None, "rwm")?,    // /dev/pts/*
+        rule(true, c, Some(1), Some(3), "rwm")?, // /dev/null
+        rule(true, c, Some(1), Some(5), "rwm")?, // /dev/zero
+        rule(true, c, Some(1), Some(7), "rwm")?, // /dev/full
+        rule(true, c, Some(1), Some(8), "rwm")?, // /dev/random
+        rule(true, c, Some(1), Some(9), "rwm")?, // /dev/urandom
+        rule(true, c, Some(5), Some(0), "rwm")?, // /dev/tty
+        rule(true, c, Some(5), Some(1), "rwm")?, // /dev/console
+        rule(true, c, Some(5), Some(2), "rwm")?, // /dev/ptmx
+        rule(true, c, Some(136), None, "rwm")?,  // /dev/pts/*
     ])
 }
 
@@ -185,7 +197,9 @@ fn rule(
     minor: Option<i64>,
     access: &str,
 ) -> Result<LinuxDeviceCgroup> {
-    let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(access);
+    let mut b = LinuxDeviceCgroupBuilder::default()
+        .allow(allow)
+        .access(access);
     if let Some(t) = typ {
         b = b.typ(t);
     }
@@ -257,7 +271,12 @@ mod tests {
         let c = set(&capabilities(false, &[], &[]).unwrap());
         assert_eq!(c, DEFAULT_CAPS.into_iter().collect());
 
-        let c = set(&capabilities(false, &v(&["NET_ADMIN", "cap_sys_ptrace"]), &v(&["Cap_Mknod"])).unwrap());
+        let c = set(&capabilities(
+            false,
+            &v(&["NET_ADMIN", "cap_sys_ptrace"]),
+            &v(&["Cap_Mknod"]),
+        )
+        .unwrap());
         assert!(c.contains(&Capability::NetAdmin) && c.contains(&Capability::SysPtrace));
         assert!(!c.contains(&Capability::Mknod));
         assert_eq!(c.len(), DEFAULT_CAPS.len() + 1);
@@ -295,8 +314,17 @@ mod tests {
             let name = format!("CAP_{cap}");
             assert_eq!(parse_caps(&[name], "x").unwrap().1.len(), 1, "{cap}");
         }
-        assert_eq!(ALL_CAPS.iter().collect::<HashSet<_>>().len(), ALL_CAPS.len());
-        for name in ["DAC_READ_SEARCH", "SYS_TTY_CONFIG", "IPC_LOCK", "SETFCAP", "BPF"] {
+        assert_eq!(
+            ALL_CAPS.iter().collect::<HashSet<_>>().len(),
+            ALL_CAPS.len()
+        );
+        for name in [
+            "DAC_READ_SEARCH",
+            "SYS_TTY_CONFIG",
+            "IPC_LOCK",
+            "SETFCAP",
+            "BPF",
+        ] {
             assert!(Capability::from_str(name).is_ok(), "{name}");
         }
     }
@@ -305,9 +333,17 @@ mod tests {
     fn rlimit_overrides() {
         let r = rlimits(&[]).unwrap();
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].typ(), r[0].soft(), r[0].hard()), (PosixRlimitType::RlimitNofile, 1_048_576, 1_048_576));
+        assert_eq!(
+            (r[0].typ(), r[0].soft(), r[0].hard()),
+            (PosixRlimitType::RlimitNofile, 1_048_576, 1_048_576)
+        );
 
-        let r = rlimits(&[("nofile".into(), 1024, 4096), ("RLIMIT_CORE".into(), 0, 0), ("Nproc".into(), 10, 20)]).unwrap();
+        let r = rlimits(&[
+            ("nofile".into(), 1024, 4096),
+            ("RLIMIT_CORE".into(), 0, 0),
+            ("Nproc".into(), 10, 20),
+        ])
+        .unwrap();
         assert_eq!(r.len(), 3);
         assert_eq!((r[0].soft(), r[0].hard()), (1024, 4096));
         assert_eq!(r[1].typ(), PosixRlimitType::RlimitCore);
@@ -321,7 +357,9 @@ mod tests {
     fn device_rules_deny_by_default() {
         let rules = device_rules(false).unwrap();
         assert!(!rules[0].allow() && rules[0].typ() == Some(LinuxDeviceType::A));
-        assert!(rules.iter().any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)));
+        assert!(rules
+            .iter()
+            .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)));
         let all = device_rules(true).unwrap();
         assert_eq!(all.len(), 1);
         assert!(all[0].allow());

@@ -75,8 +75,8 @@ pub fn resolve(user: &str, rootfs: &Path) -> Result<ResolvedUser> {
                 Some(g) => g.gid,
                 None => {
                     return Err(Error::invalid(format!(
-                        "user {user:?}: group {group:?}: no such group in the container's /etc/group"
-                    )))
+                    "user {user:?}: group {group:?}: no such group in the container's /etc/group"
+                )))
                 }
             },
         };
@@ -84,7 +84,10 @@ pub fn resolve(user: &str, rootfs: &Path) -> Result<ResolvedUser> {
 
     let mut additional_gids = Vec::new();
     if let Some(name) = &name {
-        for g in groups.iter().filter(|g| g.members.iter().any(|m| m == name)) {
+        for g in groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == name))
+        {
             if g.gid != gid && !additional_gids.contains(&g.gid) {
                 additional_gids.push(g.gid);
             }
@@ -95,7 +98,11 @@ pub fn resolve(user: &str, rootfs: &Path) -> Result<ResolvedUser> {
             "user {user:?}: member of more than {MAX_GROUPS} groups in the container's /etc/group"
         )));
     }
-    let home = if home.is_empty() { "/".to_string() } else { home };
+    let home = if home.is_empty() {
+        "/".to_string()
+    } else {
+        home
+    };
     Ok(ResolvedUser {
         uid,
         gid,
@@ -248,11 +255,26 @@ staff:x:50:bobby
         let r = rootfs();
         let p = r.path();
         assert_eq!(resolve("", p).unwrap(), user(0, 0, &[10], "/root"));
-        assert_eq!(resolve("bob", p).unwrap(), user(1000, 1000, &[10, 29, 44], "/home/bob"));
-        assert_eq!(resolve("1000", p).unwrap(), user(1000, 1000, &[10, 29, 44], "/home/bob"));
-        assert_eq!(resolve("bob:video", p).unwrap(), user(1000, 44, &[10, 29], "/home/bob"));
-        assert_eq!(resolve("bob:7", p).unwrap(), user(1000, 7, &[10, 29, 44], "/home/bob"));
-        assert_eq!(resolve("1000:wheel", p).unwrap(), user(1000, 10, &[29, 44], "/home/bob"));
+        assert_eq!(
+            resolve("bob", p).unwrap(),
+            user(1000, 1000, &[10, 29, 44], "/home/bob")
+        );
+        assert_eq!(
+            resolve("1000", p).unwrap(),
+            user(1000, 1000, &[10, 29, 44], "/home/bob")
+        );
+        assert_eq!(
+            resolve("bob:video", p).unwrap(),
+            user(1000, 44, &[10, 29], "/home/bob")
+        );
+        assert_eq!(
+            resolve("bob:7", p).unwrap(),
+            user(1000, 7, &[10, 29, 44], "/home/bob")
+        );
+        assert_eq!(
+            resolve("1000:wheel", p).unwrap(),
+            user(1000, 10, &[29, 44], "/home/bob")
+        );
         assert_eq!(resolve("daemon", p).unwrap(), user(1, 1, &[], "/usr/sbin"));
         assert_eq!(resolve("nohome", p).unwrap(), user(1001, 1001, &[], "/"));
         // Numeric ids need no entry.
@@ -264,7 +286,10 @@ staff:x:50:bobby
     fn without_account_files() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(resolve("", dir.path()).unwrap(), user(0, 0, &[], "/"));
-        assert_eq!(resolve("33:33", dir.path()).unwrap(), user(33, 33, &[], "/"));
+        assert_eq!(
+            resolve("33:33", dir.path()).unwrap(),
+            user(33, 33, &[], "/")
+        );
         let err = resolve("www-data", dir.path()).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -276,8 +301,17 @@ staff:x:50:bobby
     fn bad_users() {
         let r = rootfs();
         for bad in [
-            "alice", "bob:nogroup", ":", "bob:", ":10", "a:b:c", "bob\0", "b ob", "4294967295",
-            "1:4294967295", "../bob",
+            "alice",
+            "bob:nogroup",
+            ":",
+            "bob:",
+            ":10",
+            "a:b:c",
+            "bob\0",
+            "b ob",
+            "4294967295",
+            "1:4294967295",
+            "../bob",
         ] {
             let err = resolve(bad, r.path()).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err}");
@@ -289,21 +323,25 @@ staff:x:50:bobby
     #[test]
     fn hostile_links_are_not_followed_out() {
         let outer = tempfile::tempdir().unwrap();
-        let host_etc = outer.path().join("etc");
-        std::fs::create_dir(&host_etc).unwrap();
-        std::fs::write(host_etc.join("passwd"), "evil:x:0:0::/host:/bin/sh\n").unwrap();
+        std::fs::write(outer.path().join("passwd"), "evil:x:0:0::/host:/bin/sh\n").unwrap();
         let root = outer.path().join("a/b/rootfs");
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        symlink("../../../etc/passwd", root.join("etc/passwd")).unwrap();
+        symlink("../../../../passwd", root.join("etc/passwd")).unwrap();
         symlink("/etc/shadow", root.join("etc/group")).unwrap();
         let err = resolve("evil", &root).unwrap_err();
         assert!(err.to_string().contains("no such user"), "{err}");
         // The root filesystem's own /etc/shadow (absent) was looked at, not the host's.
-        assert_eq!(resolve("0", &root).unwrap(), user(0, 0, &[], "/"));
+        assert_eq!(resolve("0:0", &root).unwrap(), user(0, 0, &[], "/"));
         // An absolute link resolves inside the root filesystem.
         std::fs::remove_file(root.join("etc/passwd")).unwrap();
         std::fs::write(root.join("etc/real"), "svc:x:7:7::/srv:/bin/sh\n").unwrap();
         symlink("/etc/real", root.join("etc/passwd")).unwrap();
         assert_eq!(resolve("svc", &root).unwrap(), user(7, 7, &[], "/srv"));
+        // ../../etc/passwd from /etc is /etc/passwd again, inside: a loop, not the host's.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        symlink("../../../etc/passwd", root.join("etc/passwd")).unwrap();
+        let err = resolve("0", &root).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("loop"), "{err}");
     }
 }
