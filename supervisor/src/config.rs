@@ -54,8 +54,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
-        toml::from_str(&text)
-            .map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -98,7 +98,7 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         snapshotters,
         default_snapshotter,
         events: Exchange::new(),
-                tasks: Default::default(),
+        tasks: Default::default(),
     })
 }
 
@@ -119,7 +119,12 @@ pub fn bind(address: &Path) -> Result<UnixListener> {
     match fs::remove_file(address) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing stale {}", address.display()), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("removing stale {}", address.display()),
+                e,
+            ))
+        }
     }
     let listener = UnixListener::bind(address)
         .map_err(|e| Error::io(format!("listening on {}", address.display()), e))?;

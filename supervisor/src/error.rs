@@ -84,7 +84,13 @@ impl Error {
 pub fn printable(text: &str) -> String {
     let mut out: String = text
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(300)
         .collect();
     if text.chars().count() > 300 {

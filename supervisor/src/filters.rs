@@ -41,9 +41,10 @@ impl Filter {
             }
             let mut all = Vec::new();
             for cond in split_unquoted(f, ',') {
-                all.push(parse_condition(cond.trim()).map_err(|e| {
-                    Error::invalid(format!("filter {f:?}: {e}"))
-                })?);
+                all.push(
+                    parse_condition(cond.trim())
+                        .map_err(|e| Error::invalid(format!("filter {f:?}: {e}")))?,
+                );
             }
             any_of.push(all);
         }
@@ -108,7 +109,10 @@ fn parse_path(field: &str) -> std::result::Result<Vec<String>, String> {
         Some((head, rest)) if head == "labels" || head == "annotations" => {
             Ok(vec![head.to_string(), unquote(rest)])
         }
-        _ => Ok(split_unquoted(field, '.').into_iter().map(unquote).collect()),
+        _ => Ok(split_unquoted(field, '.')
+            .into_iter()
+            .map(unquote)
+            .collect()),
     }
 }
 

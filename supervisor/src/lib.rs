@@ -4,17 +4,17 @@
 //! proto-free types), which uses the stores: `store` (sled metadata), `content` (blobs),
 //! `snapshot` (filesystem trees) and `image` (references, archives, unpacking).
 
+pub mod config;
 pub mod content;
+pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod filters;
 pub mod image;
 pub mod labels;
 pub mod mount;
+pub mod server;
+pub mod service;
 pub mod snapshot;
 pub mod spec;
 pub mod store;
-pub mod events;
-pub mod service;
-pub mod config;
-pub mod daemon;
-pub mod server;

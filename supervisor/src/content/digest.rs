@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 /// Checks that `d` is a sha256 digest in canonical form and returns its hex part.
 pub fn hex_of(d: &str) -> Result<&str> {
     let Some((alg, hex)) = d.split_once(':') else {
-        return Err(Error::invalid(format!("digest {d:?}: expected \"sha256:<hex>\"")));
+        return Err(Error::invalid(format!(
+            "digest {d:?}: expected \"sha256:<hex>\""
+        )));
     };
     if alg != "sha256" {
         return Err(Error::invalid(format!(

@@ -25,7 +25,7 @@ use crate::store::{self, ContentRecord, Store};
 
 pub mod digest;
 
-use digest::{HashingWriter, Hasher};
+use digest::{Hasher, HashingWriter};
 
 /// What a namespace knows of one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,8 @@ impl ContentStore {
         let dir = root.join("content");
         for sub in ["blobs/sha256", "ingest"] {
             let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+            fs::create_dir_all(&p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
         }
         Ok(ContentStore {
             inner: Arc::new(Inner {
@@ -237,7 +238,10 @@ impl ContentStore {
         }
         for kv in self.inner.store.content.iter() {
             let (k, _) = kv?;
-            if k.ends_with(digest.as_bytes()) && k.len() > digest.len() && k[k.len() - digest.len() - 1] == b'/' {
+            if k.ends_with(digest.as_bytes())
+                && k.len() > digest.len()
+                && k[k.len() - digest.len() - 1] == b'/'
+            {
                 return Ok(());
             }
         }
@@ -276,7 +280,10 @@ impl ContentStore {
     /// Reads a whole blob that is expected to be small (manifests, configs, indexes).
     pub fn read_small(&self, digest: &str, limit: u64) -> Result<Vec<u8>> {
         let f = self.open_blob(digest)?;
-        let len = f.metadata().map_err(|e| Error::io(format!("blob {digest}"), e))?.len();
+        let len = f
+            .metadata()
+            .map_err(|e| Error::io(format!("blob {digest}"), e))?
+            .len();
         if len > limit {
             return Err(Error::invalid(format!(
                 "blob {digest}: {len} bytes, more than the {limit} allowed for this kind"
@@ -305,7 +312,8 @@ impl ContentStore {
             .prefix("blob-")
             .tempfile_in(self.inner.dir.join("ingest"))
             .map_err(|e| Error::io("creating an ingest file", e))?;
-        let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp), Hasher::new(), 0);
+        let mut w =
+            HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp), Hasher::new(), 0);
         copy_large(reader, &mut w).map_err(|e| e.context("writing blob"))?;
         let (bw, hasher, count) = w.into_parts();
         let tmp = bw
@@ -399,7 +407,9 @@ impl ContentStore {
         let res = if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("aborting ingest {r:?}"), e))
         } else {
-            Err(Error::not_found(format!("ingest {r:?} in namespace {ns:?}")))
+            Err(Error::not_found(format!(
+                "ingest {r:?} in namespace {ns:?}"
+            )))
         };
         self.unlock_ref(&id);
         res
@@ -445,7 +455,14 @@ impl ContentStore {
         }
     }
 
-    fn open_writer(&self, ns: &str, r: &str, total: i64, expected: &str, id: &str) -> Result<Writer> {
+    fn open_writer(
+        &self,
+        ns: &str,
+        r: &str,
+        total: i64,
+        expected: &str,
+        id: &str,
+    ) -> Result<Writer> {
         let dir = self.ingest_dir(ns, r);
         let now = SystemTime::now();
         let mut status = match Self::read_status(&dir)? {
@@ -639,7 +656,8 @@ pub fn copy_large(r: &mut dyn Read, w: &mut dyn Write) -> Result<u64> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::invalid(format!("reading input: {e}"))),
         };
-        w.write_all(&buf[..n]).map_err(|e| Error::io("writing", e))?;
+        w.write_all(&buf[..n])
+            .map_err(|e| Error::io("writing", e))?;
         total += n as u64;
     }
     Ok(total)

@@ -19,7 +19,10 @@ fn write_commit_read() {
     w.write_at(5, &data[5..]).unwrap();
     assert_eq!(w.commit(0, "", &Labels::new()).unwrap(), dg);
     let mut s = String::new();
-    cs.open("default", &dg).unwrap().read_to_string(&mut s).unwrap();
+    cs.open("default", &dg)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
     assert_eq!(s, "hello world");
     assert_eq!(cs.info("default", &dg).unwrap().size, 11);
     assert!(cs.info("other", &dg).unwrap_err().is_not_found());

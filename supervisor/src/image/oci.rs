@@ -44,7 +44,11 @@ pub struct JsonPlatform {
     pub os: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
-    #[serde(default, rename = "os.version", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub os_version: String,
 }
 
@@ -169,7 +173,8 @@ pub fn sniff_media_type(data: &[u8]) -> Option<String> {
 }
 
 pub fn parse<T: for<'de> Deserialize<'de>>(what: &str, data: &[u8]) -> Result<T> {
-    serde_json::from_slice(data).map_err(|e| Error::invalid(format!("{what}: not valid JSON of its kind: {e}")))
+    serde_json::from_slice(data)
+        .map_err(|e| Error::invalid(format!("{what}: not valid JSON of its kind: {e}")))
 }
 
 /// Chain IDs of a layer stack: the first is the first diff ID, each next one is the sha256 of
@@ -196,12 +201,18 @@ mod tests {
         let b = crate::content::digest::of_bytes(b"b");
         let ids = chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(ids[0], a);
-        assert_eq!(ids[1], crate::content::digest::of_bytes(format!("{a} {b}").as_bytes()));
+        assert_eq!(
+            ids[1],
+            crate::content::digest::of_bytes(format!("{a} {b}").as_bytes())
+        );
     }
 
     #[test]
     fn sniffs_documents() {
-        assert_eq!(sniff_media_type(br#"{"manifests":[]}"#).as_deref(), Some(OCI_INDEX));
+        assert_eq!(
+            sniff_media_type(br#"{"manifests":[]}"#).as_deref(),
+            Some(OCI_INDEX)
+        );
         assert_eq!(
             sniff_media_type(br#"{"schemaVersion":2,"config":{}}"#).as_deref(),
             Some(OCI_MANIFEST)

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use sup_proto::v1::{self as api, containers_server::Containers};
 use tonic::{Request, Response, Status};
 
-use super::convert::{labels, labels_out, mask_paths, namespace, required, status, timestamp, RpcResult};
+use super::convert::{
+    labels, labels_out, mask_paths, namespace, required, status, timestamp, RpcResult,
+};
 use crate::service::containers::{Container, NewContainer};
 use crate::service::Services;
 use crate::spec::{MountSpec, Overrides};
@@ -27,7 +29,11 @@ fn out(c: &Container) -> Result<api::Container, Status> {
         snapshot_key: c.snapshot_key.clone(),
         created_at: Some(timestamp(c.created_at)),
         updated_at: Some(timestamp(c.updated_at)),
-        extensions: c.extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        extensions: c
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 
@@ -74,22 +80,35 @@ pub fn overrides_in(c: api::ContainerConfig) -> Overrides {
         privileged: c.privileged,
         host_network: c.host_network,
         no_new_privileges: c.no_new_privileges,
-        rlimits: c.rlimits.into_iter().map(|r| (r.r#type, r.soft, r.hard)).collect(),
+        rlimits: c
+            .rlimits
+            .into_iter()
+            .map(|r| (r.r#type, r.soft, r.hard))
+            .collect(),
         annotations: c.annotations.into_iter().collect(),
     }
 }
 
 #[tonic::async_trait]
 impl Containers for ContainersApi {
-    async fn get(&self, req: Request<api::GetContainerRequest>) -> RpcResult<api::GetContainerResponse> {
+    async fn get(
+        &self,
+        req: Request<api::GetContainerRequest>,
+    ) -> RpcResult<api::GetContainerResponse> {
         let ns = namespace(&req)?;
-        let c = self.0.container_get(&ns, &req.into_inner().id).map_err(status)?;
+        let c = self
+            .0
+            .container_get(&ns, &req.into_inner().id)
+            .map_err(status)?;
         Ok(Response::new(api::GetContainerResponse {
             container: Some(out(&c)?),
         }))
     }
 
-    async fn list(&self, req: Request<api::ListContainersRequest>) -> RpcResult<api::ListContainersResponse> {
+    async fn list(
+        &self,
+        req: Request<api::ListContainersRequest>,
+    ) -> RpcResult<api::ListContainersResponse> {
         let ns = namespace(&req)?;
         let containers = self
             .0
@@ -101,7 +120,10 @@ impl Containers for ContainersApi {
         Ok(Response::new(api::ListContainersResponse { containers }))
     }
 
-    async fn create(&self, req: Request<api::CreateContainerRequest>) -> RpcResult<api::CreateContainerResponse> {
+    async fn create(
+        &self,
+        req: Request<api::CreateContainerRequest>,
+    ) -> RpcResult<api::CreateContainerResponse> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let c = required(req.container, "container")?;
@@ -126,7 +148,10 @@ impl Containers for ContainersApi {
         }))
     }
 
-    async fn update(&self, req: Request<api::UpdateContainerRequest>) -> RpcResult<api::UpdateContainerResponse> {
+    async fn update(
+        &self,
+        req: Request<api::UpdateContainerRequest>,
+    ) -> RpcResult<api::UpdateContainerResponse> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let paths = mask_paths(req.update_mask);
@@ -135,7 +160,11 @@ impl Containers for ContainersApi {
         let spec = spec_in(&c.spec)?.unwrap_or(current.spec.clone());
         let update = Container {
             id: c.id,
-            image: if c.image.is_empty() { current.image.clone() } else { c.image },
+            image: if c.image.is_empty() {
+                current.image.clone()
+            } else {
+                c.image
+            },
             labels: labels(c.labels),
             spec,
             extensions: c.extensions.into_iter().collect(),

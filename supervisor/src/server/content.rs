@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{labels, labels_out, mask_paths, namespace, required, status, timestamp, RpcResult};
+use super::convert::{
+    labels, labels_out, mask_paths, namespace, required, status, timestamp, RpcResult,
+};
 use crate::content::{self, Info};
 use crate::error::Error;
 use crate::events::{topic, Payload};
@@ -56,13 +58,25 @@ impl crate::filters::Filterable for Info {
 
 #[tonic::async_trait]
 impl Content for ContentApi {
-    async fn info(&self, req: Request<api::ContentInfoRequest>) -> RpcResult<api::ContentInfoResponse> {
+    async fn info(
+        &self,
+        req: Request<api::ContentInfoRequest>,
+    ) -> RpcResult<api::ContentInfoResponse> {
         let ns = namespace(&req)?;
-        let i = self.0.content.info(&ns, &req.into_inner().digest).map_err(status)?;
-        Ok(Response::new(api::ContentInfoResponse { info: Some(info_out(i)) }))
+        let i = self
+            .0
+            .content
+            .info(&ns, &req.into_inner().digest)
+            .map_err(status)?;
+        Ok(Response::new(api::ContentInfoResponse {
+            info: Some(info_out(i)),
+        }))
     }
 
-    async fn update(&self, req: Request<api::UpdateContentRequest>) -> RpcResult<api::UpdateContentResponse> {
+    async fn update(
+        &self,
+        req: Request<api::UpdateContentRequest>,
+    ) -> RpcResult<api::UpdateContentResponse> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let info = required(req.info, "info")?;
@@ -72,7 +86,9 @@ impl Content for ContentApi {
             .content
             .update(&ns, &info.digest, &labels(info.labels), &paths)
             .map_err(status)?;
-        Ok(Response::new(api::UpdateContentResponse { info: Some(info_out(i)) }))
+        Ok(Response::new(api::UpdateContentResponse {
+            info: Some(info_out(i)),
+        }))
     }
 
     type ListStream = BoxStream<api::ListContentResponse>;
@@ -119,7 +135,9 @@ impl Content for ContentApi {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         if req.offset < 0 || req.size < 0 {
-            return Err(Status::invalid_argument("offset and size must not be negative"));
+            return Err(Status::invalid_argument(
+                "offset and size must not be negative",
+            ));
         }
         let info = self.0.content.info(&ns, &req.digest).map_err(status)?;
         if req.offset > info.size {
@@ -150,7 +168,10 @@ impl Content for ContentApi {
                     return;
                 }
                 if tx
-                    .blocking_send(Ok(api::ReadContentResponse { offset: pos, data: buf }))
+                    .blocking_send(Ok(api::ReadContentResponse {
+                        offset: pos,
+                        data: buf,
+                    }))
                     .is_err()
                 {
                     return;
@@ -161,13 +182,25 @@ impl Content for ContentApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn status(&self, req: Request<api::ContentStatusRequest>) -> RpcResult<api::ContentStatusResponse> {
+    async fn status(
+        &self,
+        req: Request<api::ContentStatusRequest>,
+    ) -> RpcResult<api::ContentStatusResponse> {
         let ns = namespace(&req)?;
-        let s = self.0.content.status(&ns, &req.into_inner().r#ref).map_err(status)?;
-        Ok(Response::new(api::ContentStatusResponse { status: Some(status_out(&s)) }))
+        let s = self
+            .0
+            .content
+            .status(&ns, &req.into_inner().r#ref)
+            .map_err(status)?;
+        Ok(Response::new(api::ContentStatusResponse {
+            status: Some(status_out(&s)),
+        }))
     }
 
-    async fn list_statuses(&self, req: Request<api::ListContentStatusesRequest>) -> RpcResult<api::ListContentStatusesResponse> {
+    async fn list_statuses(
+        &self,
+        req: Request<api::ListContentStatusesRequest>,
+    ) -> RpcResult<api::ListContentStatusesResponse> {
         let ns = namespace(&req)?;
         let filter = crate::filters::Filter::parse(&req.into_inner().filters).map_err(status)?;
         let statuses = self
@@ -184,7 +217,10 @@ impl Content for ContentApi {
 
     type WriteStream = BoxStream<api::WriteContentResponse>;
 
-    async fn write(&self, req: Request<Streaming<api::WriteContentRequest>>) -> RpcResult<Self::WriteStream> {
+    async fn write(
+        &self,
+        req: Request<Streaming<api::WriteContentRequest>>,
+    ) -> RpcResult<Self::WriteStream> {
         let ns = namespace(&req)?;
         let mut input = req.into_inner();
         let services = self.0.clone();
@@ -200,7 +236,10 @@ impl Content for ContentApi {
 
     async fn abort(&self, req: Request<api::AbortContentRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
-        self.0.content.abort(&ns, &req.into_inner().r#ref).map_err(status)?;
+        self.0
+            .content
+            .abort(&ns, &req.into_inner().r#ref)
+            .map_err(status)?;
         Ok(Response::new(()))
     }
 }
@@ -224,7 +263,9 @@ async fn write_loop(
         return Ok(());
     };
     if first.r#ref.is_empty() {
-        return Err(Status::invalid_argument("the first write message must name the ref"));
+        return Err(Status::invalid_argument(
+            "the first write message must name the ref",
+        ));
     }
     services.namespace_ensure(ns).map_err(status)?;
     let mut writer = services
@@ -233,31 +274,38 @@ async fn write_loop(
         .map_err(status)?;
     let mut next = Some(first);
     while let Some(msg) = next.take() {
-        let action = api::WriteAction::try_from(msg.action)
-            .map_err(|_| Status::invalid_argument(format!("unknown write action {}", msg.action)))?;
+        let action = api::WriteAction::try_from(msg.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown write action {}", msg.action))
+        })?;
         if !msg.data.is_empty() {
-            tokio::task::block_in_place(|| writer.write_at(msg.offset, &msg.data)).map_err(status)?;
+            tokio::task::block_in_place(|| writer.write_at(msg.offset, &msg.data))
+                .map_err(status)?;
         }
         let mut resp = api::WriteContentResponse {
             action: msg.action,
             started_at: Some(timestamp(writer.status().started_at)),
             updated_at: Some(timestamp(writer.status().updated_at)),
             offset: writer.status().offset,
-            total: if msg.total > 0 { msg.total } else { writer.status().total },
+            total: if msg.total > 0 {
+                msg.total
+            } else {
+                writer.status().total
+            },
             digest: String::new(),
         };
         if action == api::WriteAction::Commit {
             let labels = labels(msg.labels);
-            let digest = tokio::task::block_in_place(|| writer.commit(msg.total, &msg.expected, &labels))
-                .map_err(status)?;
+            let digest =
+                tokio::task::block_in_place(|| writer.commit(msg.total, &msg.expected, &labels))
+                    .map_err(status)?;
             resp.digest = digest;
             let _ = tx.send(Ok(resp)).await;
             return Ok(());
         }
-        if action == api::WriteAction::Stat || !msg.data.is_empty() {
-            if tx.send(Ok(resp)).await.is_err() {
-                break;
-            }
+        if (action == api::WriteAction::Stat || !msg.data.is_empty())
+            && tx.send(Ok(resp)).await.is_err()
+        {
+            break;
         }
         next = input.message().await.unwrap_or(None);
     }

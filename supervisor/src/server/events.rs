@@ -92,7 +92,10 @@ pub fn envelope(e: &Event) -> api::Envelope {
 impl Events for EventsApi {
     type SubscribeStream = BoxStream<api::Envelope>;
 
-    async fn subscribe(&self, req: Request<api::SubscribeRequest>) -> RpcResult<Self::SubscribeStream> {
+    async fn subscribe(
+        &self,
+        req: Request<api::SubscribeRequest>,
+    ) -> RpcResult<Self::SubscribeStream> {
         let filter = Filter::parse(&req.into_inner().filters).map_err(status)?;
         let mut rx = self.0.events.subscribe();
         let (tx, out) = mpsc::channel(256);

@@ -110,13 +110,19 @@ fn progress_msg(p: api::ImportProgress) -> api::ImportResponse {
 impl Images for ImagesApi {
     async fn get(&self, req: Request<api::GetImageRequest>) -> RpcResult<api::GetImageResponse> {
         let ns = namespace(&req)?;
-        let i = self.0.image_get(&ns, &req.into_inner().name).map_err(status)?;
+        let i = self
+            .0
+            .image_get(&ns, &req.into_inner().name)
+            .map_err(status)?;
         Ok(Response::new(api::GetImageResponse {
             image: Some(image_out(&i)),
         }))
     }
 
-    async fn list(&self, req: Request<api::ListImagesRequest>) -> RpcResult<api::ListImagesResponse> {
+    async fn list(
+        &self,
+        req: Request<api::ListImagesRequest>,
+    ) -> RpcResult<api::ListImagesResponse> {
         let ns = namespace(&req)?;
         let images = self
             .0
@@ -128,7 +134,10 @@ impl Images for ImagesApi {
         Ok(Response::new(api::ListImagesResponse { images }))
     }
 
-    async fn create(&self, req: Request<api::CreateImageRequest>) -> RpcResult<api::CreateImageResponse> {
+    async fn create(
+        &self,
+        req: Request<api::CreateImageRequest>,
+    ) -> RpcResult<api::CreateImageResponse> {
         let ns = namespace(&req)?;
         let image = image_in(required(req.into_inner().image, "image")?)?;
         let i = self.0.image_create(&ns, image).await.map_err(status)?;
@@ -137,7 +146,10 @@ impl Images for ImagesApi {
         }))
     }
 
-    async fn update(&self, req: Request<api::UpdateImageRequest>) -> RpcResult<api::UpdateImageResponse> {
+    async fn update(
+        &self,
+        req: Request<api::UpdateImageRequest>,
+    ) -> RpcResult<api::UpdateImageResponse> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let paths = mask_paths(req.update_mask);
@@ -147,7 +159,11 @@ impl Images for ImagesApi {
             img.target = Some(api::Descriptor::default());
         }
         let image = image_in(img)?;
-        let i = self.0.image_update(&ns, image, &paths).await.map_err(status)?;
+        let i = self
+            .0
+            .image_update(&ns, image, &paths)
+            .await
+            .map_err(status)?;
         Ok(Response::new(api::UpdateImageResponse {
             image: Some(image_out(&i)),
         }))
@@ -162,11 +178,20 @@ impl Images for ImagesApi {
         Ok(Response::new(()))
     }
 
-    async fn inspect(&self, req: Request<api::InspectImageRequest>) -> RpcResult<api::InspectImageResponse> {
+    async fn inspect(
+        &self,
+        req: Request<api::InspectImageRequest>,
+    ) -> RpcResult<api::InspectImageResponse> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let want = platform_opt(req.platform);
-        let (image, r, platforms, size, unpacked) = self
+        let crate::service::images::Inspected {
+            image,
+            resolved: r,
+            platforms,
+            size,
+            unpacked,
+        } = self
             .0
             .image_inspect(&ns, &req.name, want.as_ref())
             .map_err(status)?;
@@ -184,7 +209,10 @@ impl Images for ImagesApi {
         }))
     }
 
-    async fn unpack(&self, req: Request<api::UnpackImageRequest>) -> RpcResult<api::UnpackImageResponse> {
+    async fn unpack(
+        &self,
+        req: Request<api::UnpackImageRequest>,
+    ) -> RpcResult<api::UnpackImageResponse> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let want = platform_opt(req.platform);
@@ -198,16 +226,23 @@ impl Images for ImagesApi {
 
     type ImportStream = BoxStream<api::ImportResponse>;
 
-    async fn import(&self, req: Request<Streaming<api::ImportRequest>>) -> RpcResult<Self::ImportStream> {
+    async fn import(
+        &self,
+        req: Request<Streaming<api::ImportRequest>>,
+    ) -> RpcResult<Self::ImportStream> {
         let ns = namespace(&req)?;
         let mut input = req.into_inner();
         let first = input
             .message()
             .await?
             .and_then(|m| m.payload)
-            .ok_or_else(|| Status::invalid_argument("import: the first message must carry the options"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("import: the first message must carry the options")
+            })?;
         let api::import_request::Payload::Options(o) = first else {
-            return Err(Status::invalid_argument("import: the first message must carry the options"));
+            return Err(Status::invalid_argument(
+                "import: the first message must carry the options",
+            ));
         };
         let opts = ImportOptions {
             name: (!o.name.is_empty()).then_some(o.name),
@@ -248,7 +283,8 @@ impl Images for ImagesApi {
                         .await;
                     return;
                 };
-                let total = count.fetch_add(chunk.len() as i64, Ordering::Relaxed) + chunk.len() as i64;
+                let total =
+                    count.fetch_add(chunk.len() as i64, Ordering::Relaxed) + chunk.len() as i64;
                 if data_tx.send(Ok(chunk)).await.is_err() {
                     return;
                 }
@@ -274,7 +310,11 @@ impl Images for ImagesApi {
                     pos: 0,
                 };
                 let report = |ev: ImportEvent| {
-                    let ImportEvent::Unpacking { layer, index, count: n } = ev;
+                    let ImportEvent::Unpacking {
+                        layer,
+                        index,
+                        count: n,
+                    } = ev;
                     let _ = tx.blocking_send(Ok(progress_msg(api::ImportProgress {
                         stage: "unpacking".into(),
                         bytes_received: count.load(Ordering::Relaxed),

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use sup_proto::v1::{
     containers_server::ContainersServer, content_server::ContentServer,
-    tasks_server::TasksServer, events_server::EventsServer, images_server::ImagesServer,
-    namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
-    version_server::VersionServer,
+    events_server::EventsServer, images_server::ImagesServer, namespaces_server::NamespacesServer,
+    snapshots_server::SnapshotsServer, tasks_server::TasksServer, version_server::VersionServer,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -101,7 +100,6 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::internal(format!("gRPC server: {e}")))

@@ -21,14 +21,23 @@ fn out(n: Namespace) -> api::Namespace {
 
 #[tonic::async_trait]
 impl Namespaces for NamespacesApi {
-    async fn get(&self, req: Request<api::GetNamespaceRequest>) -> RpcResult<api::GetNamespaceResponse> {
-        let n = self.0.namespace_get(&req.into_inner().name).map_err(status)?;
+    async fn get(
+        &self,
+        req: Request<api::GetNamespaceRequest>,
+    ) -> RpcResult<api::GetNamespaceResponse> {
+        let n = self
+            .0
+            .namespace_get(&req.into_inner().name)
+            .map_err(status)?;
         Ok(Response::new(api::GetNamespaceResponse {
             namespace: Some(out(n)),
         }))
     }
 
-    async fn list(&self, req: Request<api::ListNamespacesRequest>) -> RpcResult<api::ListNamespacesResponse> {
+    async fn list(
+        &self,
+        req: Request<api::ListNamespacesRequest>,
+    ) -> RpcResult<api::ListNamespacesResponse> {
         let filter = crate::filters::Filter::parse(&req.into_inner().filters).map_err(status)?;
         let namespaces = self
             .0
@@ -41,7 +50,10 @@ impl Namespaces for NamespacesApi {
         Ok(Response::new(api::ListNamespacesResponse { namespaces }))
     }
 
-    async fn create(&self, req: Request<api::CreateNamespaceRequest>) -> RpcResult<api::CreateNamespaceResponse> {
+    async fn create(
+        &self,
+        req: Request<api::CreateNamespaceRequest>,
+    ) -> RpcResult<api::CreateNamespaceResponse> {
         let n = required(req.into_inner().namespace, "namespace")?;
         let n = self
             .0
@@ -53,7 +65,10 @@ impl Namespaces for NamespacesApi {
         }))
     }
 
-    async fn update(&self, req: Request<api::UpdateNamespaceRequest>) -> RpcResult<api::UpdateNamespaceResponse> {
+    async fn update(
+        &self,
+        req: Request<api::UpdateNamespaceRequest>,
+    ) -> RpcResult<api::UpdateNamespaceResponse> {
         let req = req.into_inner();
         let n = required(req.namespace, "namespace")?;
         let n = self

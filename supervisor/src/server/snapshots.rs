@@ -7,7 +7,9 @@ use futures::Stream;
 use sup_proto::v1::{self as api, snapshots_server::Snapshots};
 use tonic::{Request, Response, Status};
 
-use super::convert::{labels, labels_out, mask_paths, mount_out, namespace, required, status, timestamp, RpcResult};
+use super::convert::{
+    labels, labels_out, mask_paths, mount_out, namespace, required, status, timestamp, RpcResult,
+};
 use crate::filters::{Filter, Filterable};
 use crate::service::Services;
 use crate::snapshot::{Info, Kind};
@@ -49,12 +51,22 @@ impl Filterable for Info {
 
 #[tonic::async_trait]
 impl Snapshots for SnapshotsApi {
-    async fn prepare(&self, req: Request<api::PrepareSnapshotRequest>) -> RpcResult<api::PrepareSnapshotResponse> {
+    async fn prepare(
+        &self,
+        req: Request<api::PrepareSnapshotRequest>,
+    ) -> RpcResult<api::PrepareSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let mounts = self
             .0
-            .snapshot_prepare(&ns, &r.snapshotter, &r.key, &r.parent, labels(r.labels), false)
+            .snapshot_prepare(
+                &ns,
+                &r.snapshotter,
+                &r.key,
+                &r.parent,
+                labels(r.labels),
+                false,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(api::PrepareSnapshotResponse {
@@ -62,12 +74,22 @@ impl Snapshots for SnapshotsApi {
         }))
     }
 
-    async fn view(&self, req: Request<api::ViewSnapshotRequest>) -> RpcResult<api::ViewSnapshotResponse> {
+    async fn view(
+        &self,
+        req: Request<api::ViewSnapshotRequest>,
+    ) -> RpcResult<api::ViewSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let mounts = self
             .0
-            .snapshot_prepare(&ns, &r.snapshotter, &r.key, &r.parent, labels(r.labels), true)
+            .snapshot_prepare(
+                &ns,
+                &r.snapshotter,
+                &r.key,
+                &r.parent,
+                labels(r.labels),
+                true,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(api::ViewSnapshotResponse {
@@ -108,7 +130,10 @@ impl Snapshots for SnapshotsApi {
         Ok(Response::new(()))
     }
 
-    async fn stat(&self, req: Request<api::StatSnapshotRequest>) -> RpcResult<api::StatSnapshotResponse> {
+    async fn stat(
+        &self,
+        req: Request<api::StatSnapshotRequest>,
+    ) -> RpcResult<api::StatSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let info = self
@@ -121,13 +146,22 @@ impl Snapshots for SnapshotsApi {
         }))
     }
 
-    async fn update(&self, req: Request<api::UpdateSnapshotRequest>) -> RpcResult<api::UpdateSnapshotResponse> {
+    async fn update(
+        &self,
+        req: Request<api::UpdateSnapshotRequest>,
+    ) -> RpcResult<api::UpdateSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let info = required(r.info, "info")?;
         let out = self
             .0
-            .snapshot_update(&ns, &r.snapshotter, &info.name, labels(info.labels), mask_paths(r.update_mask))
+            .snapshot_update(
+                &ns,
+                &r.snapshotter,
+                &info.name,
+                labels(info.labels),
+                mask_paths(r.update_mask),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(api::UpdateSnapshotResponse {

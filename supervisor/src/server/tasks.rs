@@ -68,7 +68,12 @@ fn metrics_out(id: &str, stats: &serde_json::Value) -> api::TaskMetrics {
     {
         for e in entries {
             let value = e.get("value").and_then(|v| v.as_u64()).unwrap_or(0);
-            match e.get("op").and_then(|v| v.as_str()).map(str::to_ascii_lowercase).as_deref() {
+            match e
+                .get("op")
+                .and_then(|v| v.as_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
                 Some("read") => io.read_bytes += value,
                 Some("write") => io.write_bytes += value,
                 _ => {}
@@ -113,7 +118,10 @@ fn delete_out(id: &str, p: &ProcessStatus) -> api::DeleteResponse {
 
 #[tonic::async_trait]
 impl Tasks for TasksApi {
-    async fn create(&self, req: Request<api::CreateTaskRequest>) -> RpcResult<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        req: Request<api::CreateTaskRequest>,
+    ) -> RpcResult<api::CreateTaskResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let task = self
@@ -149,7 +157,10 @@ impl Tasks for TasksApi {
         Ok(Response::new(delete_out(&r.container_id, &p)))
     }
 
-    async fn delete_process(&self, req: Request<api::DeleteProcessRequest>) -> RpcResult<api::DeleteResponse> {
+    async fn delete_process(
+        &self,
+        req: Request<api::DeleteProcessRequest>,
+    ) -> RpcResult<api::DeleteResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let p = self
@@ -261,7 +272,10 @@ impl Tasks for TasksApi {
         Ok(Response::new(()))
     }
 
-    async fn list_pids(&self, req: Request<api::ListPidsRequest>) -> RpcResult<api::ListPidsResponse> {
+    async fn list_pids(
+        &self,
+        req: Request<api::ListPidsRequest>,
+    ) -> RpcResult<api::ListPidsResponse> {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
         let processes = self.0.task_pids(&ns, &id).await.map_err(status)?;
@@ -310,15 +324,19 @@ impl Tasks for TasksApi {
 
     type AttachStream = BoxStream<api::AttachResponse>;
 
-    async fn attach(&self, req: Request<Streaming<api::AttachRequest>>) -> RpcResult<Self::AttachStream> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<api::AttachRequest>>,
+    ) -> RpcResult<Self::AttachStream> {
         let ns = namespace(&req)?;
         let mut input = req.into_inner();
-        let first = input
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("attach: the first message must carry the options"))?;
+        let first = input.message().await?.ok_or_else(|| {
+            Status::invalid_argument("attach: the first message must carry the options")
+        })?;
         let Some(api::attach_request::Payload::Options(opts)) = &first.payload else {
-            return Err(Status::invalid_argument("attach: the first message must carry the options"));
+            return Err(Status::invalid_argument(
+                "attach: the first message must carry the options",
+            ));
         };
         let task = self.0.task(&ns, &opts.container_id).map_err(status)?;
         let (tx, rx) = mpsc::channel(16);
@@ -337,7 +355,9 @@ impl Tasks for TasksApi {
             .await
             .map_err(|s| status(from_status("attach", s)))?
             .into_inner();
-        Ok(Response::new(Box::pin(out.map(|r| r.map_err(|s| status(from_status("attach", s)))))))
+        Ok(Response::new(Box::pin(
+            out.map(|r| r.map_err(|s| status(from_status("attach", s)))),
+        )))
     }
 
     type LogsStream = BoxStream<api::LogsResponse>;
@@ -352,6 +372,8 @@ impl Tasks for TasksApi {
             .await
             .map_err(|s| status(from_status("logs", s)))?
             .into_inner();
-        Ok(Response::new(Box::pin(out.map(|r| r.map_err(|s| status(from_status("logs", s)))))))
+        Ok(Response::new(Box::pin(
+            out.map(|r| r.map_err(|s| status(from_status("logs", s)))),
+        )))
     }
 }

@@ -69,8 +69,7 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     let ok = !b.is_empty()
         && b.len() <= MAX_ID
         && b[0].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
     if !ok {
         return Err(Error::invalid(format!(
@@ -82,7 +81,9 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
 
 fn validate_runtime(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 4096 || name.contains('\0') {
-        return Err(Error::invalid(format!("runtime {name:?}: not a valid name or path")));
+        return Err(Error::invalid(format!(
+            "runtime {name:?}: not a valid name or path"
+        )));
     }
     if name.contains('/') && !name.starts_with('/') {
         return Err(Error::invalid(format!(
@@ -115,8 +116,9 @@ impl Services {
 
     pub fn container_get(&self, ns: &str, id: &str) -> Result<Container> {
         validate_id("container", id)?;
-        let rec: ContainerRecord = store::get(&self.store.containers, &Self::container_key(ns, id))?
-            .ok_or_else(|| Error::not_found(format!("container {id:?} in namespace {ns:?}")))?;
+        let rec: ContainerRecord =
+            store::get(&self.store.containers, &Self::container_key(ns, id))?
+                .ok_or_else(|| Error::not_found(format!("container {id:?} in namespace {ns:?}")))?;
         Ok(Container::from_record(id.to_string(), rec))
     }
 
@@ -131,7 +133,11 @@ impl Services {
         )
     }
 
-    pub async fn container_create(self: &Arc<Self>, ns: &str, new: NewContainer) -> Result<Container> {
+    pub async fn container_create(
+        self: &Arc<Self>,
+        ns: &str,
+        new: NewContainer,
+    ) -> Result<Container> {
         validate_id("container", &new.id)?;
         labels::validate(&new.labels)?;
         let key = Self::container_key(ns, &new.id);
@@ -171,12 +177,21 @@ impl Services {
 
         // The root filesystem: the caller's snapshot, or a new one over the image.
         let (snapshot_key, owns_snapshot) = if new.snapshot_key.is_empty() {
-            let (s, n, k, p) = (snapshotter.clone(), ns.to_string(), new.id.clone(), chain.clone());
+            let (s, n, k, p) = (
+                snapshotter.clone(),
+                ns.to_string(),
+                new.id.clone(),
+                chain.clone(),
+            );
             tokio::task::spawn_blocking(move || s.prepare(&n, &k, p.as_deref(), Labels::new()))
                 .await??;
             (new.id.clone(), true)
         } else {
-            let (s, n, k) = (snapshotter.clone(), ns.to_string(), new.snapshot_key.clone());
+            let (s, n, k) = (
+                snapshotter.clone(),
+                ns.to_string(),
+                new.snapshot_key.clone(),
+            );
             tokio::task::spawn_blocking(move || s.stat(&n, &k)).await??;
             (new.snapshot_key.clone(), false)
         };
@@ -192,7 +207,14 @@ impl Services {
         let spec = match new.spec.clone() {
             Some(s) => s,
             None => match self
-                .generate_spec(ns, &new.id, &sname, &snapshot_key, &image_config, &new.overrides)
+                .generate_spec(
+                    ns,
+                    &new.id,
+                    &sname,
+                    &snapshot_key,
+                    &image_config,
+                    &new.overrides,
+                )
                 .await
             {
                 Ok(s) => s,
@@ -353,7 +375,9 @@ impl Services {
                 let (n, k) = (ns.to_string(), rec.snapshot_key.clone());
                 match tokio::task::spawn_blocking(move || s.remove(&n, &k)).await? {
                     Ok(()) | Err(Error::NotFound(_)) => {}
-                    Err(e) => tracing::warn!(container = id, error = %e, "cannot remove the container's snapshot"),
+                    Err(e) => {
+                        tracing::warn!(container = id, error = %e, "cannot remove the container's snapshot")
+                    }
                 }
             }
         }

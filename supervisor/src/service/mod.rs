@@ -26,7 +26,7 @@ pub struct Services {
     pub snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     pub default_snapshotter: String,
     pub events: Exchange,
-        pub tasks: tasks::Tasks,
+    pub tasks: tasks::Tasks,
 }
 
 impl Services {

@@ -10,9 +10,7 @@ use crate::snapshot::{Info, Mount, Snapshotter, Usage};
 
 use super::Services;
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
 }
 
@@ -71,7 +69,12 @@ impl Services {
         Ok(mounts)
     }
 
-    pub async fn snapshot_mounts(&self, ns: &str, snapshotter: &str, key: &str) -> Result<Vec<Mount>> {
+    pub async fn snapshot_mounts(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<Vec<Mount>> {
         validate_key(key)?;
         let (s, _) = self.snap(snapshotter)?;
         let (n, k) = (ns.to_string(), key.to_string());
@@ -171,7 +174,11 @@ impl Services {
         snapshotter: &str,
         key: &str,
     ) -> Result<Option<String>> {
-        for kv in self.store.containers.scan_prefix(crate::store::ns_prefix(ns)) {
+        for kv in self
+            .store
+            .containers
+            .scan_prefix(crate::store::ns_prefix(ns))
+        {
             let (k, v) = kv?;
             let rec: serde_json::Value = crate::store::decode(&v)?;
             if rec.get("snapshotter").and_then(|v| v.as_str()) == Some(snapshotter)

@@ -100,11 +100,17 @@ pub trait Snapshotter: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Makes an active snapshot `key` over the committed `parent`, and returns its mounts.
-    fn prepare(&self, ns: &str, key: &str, parent: Option<&str>, labels: Labels)
-        -> Result<Vec<Mount>>;
+    fn prepare(
+        &self,
+        ns: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>>;
 
     /// Makes a read-only view `key` of the committed `parent`, and returns its mounts.
-    fn view(&self, ns: &str, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
+    fn view(&self, ns: &str, key: &str, parent: Option<&str>, labels: Labels)
+        -> Result<Vec<Mount>>;
 
     /// Mounts of an active snapshot or view. InvalidArgument for a committed snapshot.
     fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>>;

@@ -116,7 +116,8 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("metadata store: corrupt record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("metadata store: corrupt record: {e}")))
 }
 
 /// Reads and decodes one record.

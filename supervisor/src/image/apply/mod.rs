@@ -359,7 +359,9 @@ fn bad(err: &io::Error) -> Error {
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Vec<u8>> {
     match entry.link_name_bytes() {
-        Some(target) if target.contains(&0) => Err(Error::invalid("link target contains a NUL byte")),
+        Some(target) if target.contains(&0) => {
+            Err(Error::invalid("link target contains a NUL byte"))
+        }
         Some(target) if !target.is_empty() => Ok(target.into_owned()),
         _ => Err(Error::invalid("link without a target")),
     }

@@ -62,11 +62,17 @@ impl Services {
         }
         let mut tar = tar::Builder::new(out);
         let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-        tar.append(&header("oci-layout", layout.len() as u64, 0o644)?, &layout[..])
-            .map_err(|e| Error::io("writing the archive", e))?;
+        tar.append(
+            &header("oci-layout", layout.len() as u64, 0o644)?,
+            &layout[..],
+        )
+        .map_err(|e| Error::io("writing the archive", e))?;
         let index_json = serde_json::to_vec(&index)?;
-        tar.append(&header("index.json", index_json.len() as u64, 0o644)?, &index_json[..])
-            .map_err(|e| Error::io("writing the archive", e))?;
+        tar.append(
+            &header("index.json", index_json.len() as u64, 0o644)?,
+            &index_json[..],
+        )
+        .map_err(|e| Error::io("writing the archive", e))?;
         for d in blobs {
             let hex = crate::content::digest::hex_of(&d)?;
             let f = self.content.open(ns, &d)?;
@@ -78,7 +84,8 @@ impl Services {
             tar.append(&h, std::io::BufReader::with_capacity(1 << 20, f))
                 .map_err(|e| Error::io("writing the archive", e))?;
         }
-        tar.finish().map_err(|e| Error::io("writing the archive", e))?;
+        tar.finish()
+            .map_err(|e| Error::io("writing the archive", e))?;
         Ok(())
     }
 

@@ -102,14 +102,19 @@ fn clean_path(p: &str) -> String {
 }
 
 fn is_small_name(name: &str) -> bool {
-    matches!(name, "oci-layout" | "index.json" | "manifest.json" | "repositories")
-        || name.ends_with(".json")
+    matches!(
+        name,
+        "oci-layout" | "index.json" | "manifest.json" | "repositories"
+    ) || name.ends_with(".json")
         || name.ends_with("/json")
         || name.ends_with("/VERSION")
 }
 
 fn bad(msg: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("archive: {}", crate::error::printable(&msg.to_string())))
+    Error::invalid(format!(
+        "archive: {}",
+        crate::error::printable(&msg.to_string())
+    ))
 }
 
 #[derive(Deserialize)]
@@ -250,7 +255,8 @@ impl Services {
         for d in &reached {
             if !self.content.has(ns, d)? {
                 self.content.record(ns, d, &Labels::new())?;
-                undo.recorded.push(String::from_utf8_lossy(&store::key(ns, d)).into_owned());
+                undo.recorded
+                    .push(String::from_utf8_lossy(&store::key(ns, d)).into_owned());
             }
         }
         self.store.flush_blocking()?;
@@ -322,7 +328,9 @@ impl Services {
         };
         let mut tar = tar::Archive::new(reader);
         let mut archive = Archive::default();
-        let entries = tar.entries().map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        let entries = tar
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| bad(format!("reading the tar stream: {e}")))?;
             let raw = entry
@@ -356,7 +364,8 @@ impl Services {
                     .split_once('/')
                     .ok_or_else(|| bad(format!("unexpected file {raw:?}")))?;
                 let expected = format!("{alg}:{hex}");
-                digest::validate(&expected).map_err(|e| e.context(format!("archive file {raw:?}")))?;
+                digest::validate(&expected)
+                    .map_err(|e| e.context(format!("archive file {raw:?}")))?;
                 self.take_blob(&mut entry, Some(&expected), size, undo)
                     .map_err(|e| e.context(format!("archive file {raw:?}")))?;
                 archive.blobs.insert(path, expected);
@@ -387,7 +396,9 @@ impl Services {
         size: u64,
         undo: &mut Undo,
     ) -> Result<String> {
-        let (d, _, created, hold) = self.content.write_blob(entry, expected, Some(size as i64))?;
+        let (d, _, created, hold) = self
+            .content
+            .write_blob(entry, expected, Some(size as i64))?;
         undo.holds.push(hold);
         if created {
             undo.created_blobs.push(d.clone());
@@ -404,10 +415,17 @@ impl Services {
             }
             let l: Layout = oci::parse("oci-layout", layout)?;
             if !l.version.starts_with("1.") {
-                return Err(bad(format!("image layout version {:?} is not supported", l.version)));
+                return Err(bad(format!(
+                    "image layout version {:?} is not supported",
+                    l.version
+                )));
             }
         }
-        let data = archive.small.get("index.json").map(Vec::as_slice).unwrap_or_default();
+        let data = archive
+            .small
+            .get("index.json")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let index: oci::Index = oci::parse("archive index.json", data)?;
         let mut out = Vec::new();
         for d in &index.manifests {
@@ -438,7 +456,11 @@ impl Services {
         archive: &Archive,
         undo: &mut Undo,
     ) -> Result<Vec<(Option<String>, Descriptor)>> {
-        let data = archive.small.get("manifest.json").map(Vec::as_slice).unwrap_or_default();
+        let data = archive
+            .small
+            .get("manifest.json")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let entries: Vec<DockerEntry> = oci::parse("archive manifest.json", data)?;
         let mut out = Vec::new();
         for e in entries {
@@ -462,7 +484,12 @@ impl Services {
                     d
                 }
             };
-            let config_size = self.content.open_blob(&config_digest)?.metadata().map_err(|e| Error::io("config", e))?.len() as i64;
+            let config_size = self
+                .content
+                .open_blob(&config_digest)?
+                .metadata()
+                .map_err(|e| Error::io("config", e))?
+                .len() as i64;
             let mut layers = Vec::new();
             for l in &e.layers {
                 let p = clean_path(l);

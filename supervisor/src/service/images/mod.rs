@@ -73,6 +73,19 @@ impl Resolved {
     }
 }
 
+/// An image resolved for one platform, with what it offers and where it is unpacked.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub image: Image,
+    pub resolved: Resolved,
+    /// Platforms the target offers.
+    pub platforms: Vec<Platform>,
+    /// Bytes of content the resolved platform uses.
+    pub size: i64,
+    /// Snapshotters holding the unpacked image.
+    pub unpacked: Vec<String>,
+}
+
 /// What an image target reaches among the blobs present.
 #[derive(Debug, Default)]
 pub struct Walk {
@@ -152,7 +165,11 @@ impl Services {
     ) -> Result<Walk> {
         let mut walk = Walk::default();
         if !present(&target.digest)? {
-            return Err(missing(format!("{} {}", kind_name(&target.media_type), target.digest)));
+            return Err(missing(format!(
+                "{} {}",
+                kind_name(&target.media_type),
+                target.digest
+            )));
         }
         let mut todo = vec![(target.clone(), 0usize)];
         while let Some((desc, depth)) = todo.pop() {
@@ -205,16 +222,21 @@ impl Services {
         })?;
         let explicit = want.is_some();
         let want = want.cloned().unwrap_or_else(platform::host);
-        let chosen = if oci::is_index(&target.media_type) || walk.manifests.len() != 1 || walk.manifests[0].0.digest != target.digest {
+        let chosen = if oci::is_index(&target.media_type)
+            || walk.manifests.len() != 1
+            || walk.manifests[0].0.digest != target.digest
+        {
             let descs: Vec<Descriptor> = walk.manifests.iter().map(|(d, _)| d.clone()).collect();
             let lone = (descs.len() == 1 && descs[0].platform.is_none()).then(|| &descs[0]);
-            let pick = platform::select(&want, descs.iter()).or(lone).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "image {}: no manifest for platform {}",
-                    target.digest,
-                    platform::format(&want)
-                ))
-            })?;
+            let pick = platform::select(&want, descs.iter())
+                .or(lone)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "image {}: no manifest for platform {}",
+                        target.digest,
+                        platform::format(&want)
+                    ))
+                })?;
             walk.manifests
                 .iter()
                 .find(|(d, _)| d.digest == pick.digest)
@@ -379,7 +401,13 @@ impl Services {
         self.release(ns, &[rec.target]).await
     }
 
-    pub(crate) fn publish_image(&self, ns: &str, topic: &'static str, name: &str, rec: &ImageRecord) {
+    pub(crate) fn publish_image(
+        &self,
+        ns: &str,
+        topic: &'static str,
+        name: &str,
+        rec: &ImageRecord,
+    ) {
         self.events.publish(
             ns,
             topic,
@@ -491,7 +519,7 @@ impl Services {
         ns: &str,
         name: &str,
         want: Option<&Platform>,
-    ) -> Result<(Image, Resolved, Vec<Platform>, i64, Vec<String>)> {
+    ) -> Result<Inspected> {
         let image = self.image_get(ns, name)?;
         let present = self.in_namespace(ns);
         let resolved = self.resolve(&image.target, want, &present)?;
@@ -517,7 +545,13 @@ impl Services {
                 }
             }
         }
-        Ok((image, resolved, platforms, size, unpacked))
+        Ok(Inspected {
+            image,
+            resolved,
+            platforms,
+            size,
+            unpacked,
+        })
     }
 }
 

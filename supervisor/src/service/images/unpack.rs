@@ -144,7 +144,8 @@ impl Services {
 
 /// One syncfs for the whole layer instead of an fsync per file.
 fn sync_filesystem(dir: &std::path::Path) -> Result<()> {
-    let f = std::fs::File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    let f =
+        std::fs::File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
     rustix::fs::syncfs(&f).map_err(|e| Error::io("syncing layer", e.into()))
 }
 

@@ -134,7 +134,12 @@ impl Services {
     }
 
     /// Creates a task for a container: bundle, rootfs mount, shim, runtime create.
-    pub async fn task_create(self: &Arc<Self>, ns: &str, id: &str, stdin: bool) -> Result<Arc<Task>> {
+    pub async fn task_create(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        stdin: bool,
+    ) -> Result<Arc<Task>> {
         let container = self.container_get(ns, id)?;
         {
             let mut t = self
@@ -152,7 +157,10 @@ impl Services {
         }
         let dir = self.task_dir(ns, id);
         let socket = shim::socket_path(&self.state, ns, id);
-        match self.task_create_inner(ns, id, stdin, &container, &dir, &socket).await {
+        match self
+            .task_create_inner(ns, id, stdin, &container, &dir, &socket)
+            .await
+        {
             Ok(task) => {
                 if let Ok(mut t) = self.tasks.table.lock() {
                     t.insert((ns.to_string(), id.to_string()), Slot::Ready(task.clone()));
@@ -212,7 +220,11 @@ impl Services {
             .map_err(|e| Error::io("writing config.json", e))?;
 
         let s = self.snapshotter(&container.snapshotter)?;
-        let (n, k, r) = (ns.to_string(), container.snapshot_key.clone(), rootfs.clone());
+        let (n, k, r) = (
+            ns.to_string(),
+            container.snapshot_key.clone(),
+            rootfs.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let mounts = s.mounts(&n, &k)?;
             crate::mount::mount_all(&mounts, &r)
@@ -269,7 +281,10 @@ impl Services {
             while let Ok(Some(ev)) = stream.message().await {
                 match ev.event {
                     Some(sp::shim_event::Event::Exit(x)) => {
-                        let reason = if x.exec_id.is_empty() && task.oom.load(Ordering::Relaxed) && x.exit_status == 137 {
+                        let reason = if x.exec_id.is_empty()
+                            && task.oom.load(Ordering::Relaxed)
+                            && x.exit_status == 137
+                        {
                             "OOMKilled".to_string()
                         } else {
                             String::new()
@@ -345,7 +360,9 @@ impl Services {
         .await;
         match res {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(namespace = ns, id, error = %e, "task teardown incomplete"),
+            Ok(Err(e)) => {
+                tracing::warn!(namespace = ns, id, error = %e, "task teardown incomplete")
+            }
             Err(e) => tracing::warn!(namespace = ns, id, error = %e, "task teardown failed"),
         }
         let _ = std::fs::remove_file(socket);
@@ -447,7 +464,8 @@ impl Services {
             .map_err(|s| from_status(&format!("deleting task {id:?}"), s))?
             .into_inner();
         let socket = shim::socket_path(&self.state, ns, id);
-        self.teardown(ns, id, &task.dir, &socket, Some(client)).await;
+        self.teardown(ns, id, &task.dir, &socket, Some(client))
+            .await;
         self.slot_remove(ns, id);
         let out = ProcessStatus {
             exit_status: deleted.exit_status,
@@ -471,9 +489,16 @@ impl Services {
         Ok(out)
     }
 
-    pub async fn task_delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<ProcessStatus> {
+    pub async fn task_delete_process(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<ProcessStatus> {
         if exec_id.is_empty() {
-            return Err(Error::invalid("delete process: give an exec id (the init is deleted with the task)"));
+            return Err(Error::invalid(
+                "delete process: give an exec id (the init is deleted with the task)",
+            ));
         }
         let task = self.task(ns, id)?;
         let st = self.process_status(ns, id, exec_id).await?;
@@ -493,9 +518,18 @@ impl Services {
         })
     }
 
-    pub async fn task_kill(&self, ns: &str, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    pub async fn task_kill(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
         if signal > 64 {
-            return Err(Error::invalid(format!("signal {signal}: not a valid signal number")));
+            return Err(Error::invalid(format!(
+                "signal {signal}: not a valid signal number"
+            )));
         }
         let task = self.task(ns, id)?;
         task.client()
@@ -570,11 +604,19 @@ impl Services {
     pub async fn task_pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
         let task = self.task(ns, id)?;
         let mut c = task.client();
-        let r = if pause { c.pause(()).await } else { c.resume(()).await };
+        let r = if pause {
+            c.pause(()).await
+        } else {
+            c.resume(()).await
+        };
         r.map_err(|s| from_status(&format!("task {id:?}"), s))?;
         self.events.publish(
             ns,
-            if pause { topic::TASK_PAUSED } else { topic::TASK_RESUMED },
+            if pause {
+                topic::TASK_PAUSED
+            } else {
+                topic::TASK_RESUMED
+            },
             Payload::Task {
                 container_id: id.to_string(),
                 exec_id: String::new(),

@@ -31,7 +31,9 @@ pub fn shim_binary() -> PathBuf {
 /// A short socket path under the state dir, bounded whatever the namespace and id.
 pub fn socket_path(state: &Path, ns: &str, id: &str) -> PathBuf {
     let d = crate::content::digest::of_bytes(format!("{ns}/{id}").as_bytes());
-    state.join("s").join(format!("{}.sock", &d["sha256:".len()..][..16]))
+    state
+        .join("s")
+        .join(format!("{}.sock", &d["sha256:".len()..][..16]))
 }
 
 /// Starts a shim for a task and waits for its readiness line. The process started here
@@ -74,13 +76,12 @@ pub async fn spawn(
     let why = if let Some(msg) = line.strip_prefix("error: ") {
         msg.to_string()
     } else {
-        format!(
-            "{} {}",
-            line,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
+        format!("{} {}", line, String::from_utf8_lossy(&out.stderr).trim())
     };
-    Err(Error::internal(format!("shim for {id:?} failed to start: {}", why.trim())))
+    Err(Error::internal(format!(
+        "shim for {id:?} failed to start: {}",
+        why.trim()
+    )))
 }
 
 /// Connects to a shim's socket.
@@ -96,7 +97,9 @@ pub async fn connect(socket: &Path) -> Result<Shim> {
             }
         }))
         .await
-        .map_err(|e| Error::Unavailable(format!("connecting to shim at {}: {e}", socket.display())))?;
+        .map_err(|e| {
+            Error::Unavailable(format!("connecting to shim at {}: {e}", socket.display()))
+        })?;
     Ok(ShimClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))

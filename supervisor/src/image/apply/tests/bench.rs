@@ -40,7 +40,12 @@ fn apply_layer_against_gnu_tar() {
                 .arg(&layer)
                 .arg("-C")
                 .arg(&out)
-                .args(["--same-owner", "--same-permissions", "--xattrs", "--xattrs-include=*"])
+                .args([
+                    "--same-owner",
+                    "--same-permissions",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                ])
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -53,7 +58,10 @@ fn apply_layer_against_gnu_tar() {
             theirs.push(run_tar());
             ours.push(run_ours());
         }
-        println!("round {round}: ours {:?}, GNU tar {:?}", ours[round], theirs[round]);
+        println!(
+            "round {round}: ours {:?}, GNU tar {:?}",
+            ours[round], theirs[round]
+        );
     }
     let (ours, theirs) = (best(&ours), best(&theirs));
     println!(
