@@ -105,6 +105,10 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = daemon::prepare(&cfg)?;
     let services = Arc::new(daemon::open_services(&cfg)?);
+    let (reconnected, cleaned) = services.recover_tasks().await;
+    if reconnected + cleaned > 0 {
+        tracing::info!(reconnected, cleaned, "tasks recovered");
+    }
     let listener = daemon::bind(&cfg.address)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -115,7 +115,9 @@ pub fn parse_signal(text: &str) -> Result<u32, String> {
         if (1..=MAX_SIGNAL).contains(&number) {
             return Ok(number);
         }
-        return Err(format!("signal {text:?}: numbers go from 1 to {MAX_SIGNAL}"));
+        return Err(format!(
+            "signal {text:?}: numbers go from 1 to {MAX_SIGNAL}"
+        ));
     }
     let upper = trimmed.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -160,7 +162,9 @@ pub fn parse_size(text: &str) -> Result<i64, String> {
 pub fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(cpus) if cpus.is_finite() && cpus > 0.0 && cpus <= 1_000_000.0 => Ok(cpus),
-        _ => Err(format!("cpus {text:?}: expected a positive number, e.g. 1.5")),
+        _ => Err(format!(
+            "cpus {text:?}: expected a positive number, e.g. 1.5"
+        )),
     }
 }
 
@@ -199,7 +203,11 @@ pub fn parse_mount(text: &str) -> Result<MountSpec, String> {
         match option {
             "ro" | "readonly" => mount.readonly = true,
             "rw" => mount.readonly = false,
-            other if other.chars().all(|c| c.is_ascii_alphanumeric() || "_-=.".contains(c)) => {
+            other
+                if other
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-=.".contains(c)) =>
+            {
                 mount.options.push(other.to_string());
             }
             other => return Err(bad(&format!("bad option {other:?}"))),
@@ -361,7 +369,17 @@ mod tests {
         assert_eq!(parse_size("1.5g"), Ok(3 << 29));
         assert_eq!(parse_size("2t"), Ok(2 << 40));
         assert_eq!(parse_size("10b"), Ok(10));
-        for bad in ["", "0", "m", "-1m", "1x", "1.2.3m", "64 mm", "0.1b", "99999999t"] {
+        for bad in [
+            "",
+            "0",
+            "m",
+            "-1m",
+            "1x",
+            "1.2.3m",
+            "64 mm",
+            "0.1b",
+            "99999999t",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -382,7 +400,10 @@ mod tests {
     #[test]
     fn mounts() {
         let m = parse_mount("/data:/mnt").expect("valid");
-        assert_eq!((m.source.as_str(), m.destination.as_str()), ("/data", "/mnt"));
+        assert_eq!(
+            (m.source.as_str(), m.destination.as_str()),
+            ("/data", "/mnt")
+        );
         assert_eq!(m.r#type, "bind");
         assert!(!m.readonly && m.options.is_empty());
         let m = parse_mount("/data:/mnt:ro").expect("valid");

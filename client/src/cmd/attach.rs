@@ -40,10 +40,7 @@ pub async fn run(ctx: &Context, args: AttachArgs) -> anyhow::Result<()> {
         format!("process {exec_id} of {}", args.id)
     };
     if process.status == TaskStatus::Created as i32 {
-        anyhow::bail!(
-            "{name} has not started (supctl tasks start {})",
-            args.id
-        );
+        anyhow::bail!("{name} has not started (supctl tasks start {})", args.id);
     }
     let opts = StdioOptions {
         container_id: args.id.clone(),

@@ -124,9 +124,10 @@ fn embedded_json(bytes: &[u8]) -> Value {
 }
 
 pub fn container_json(c: &Container) -> Value {
-    let runtime = c.runtime.as_ref().map_or(Value::Null, |r| {
-        json!({ "name": r.name, "options": labels_json(&r.options) })
-    });
+    let runtime = c.runtime.as_ref().map_or(
+        Value::Null,
+        |r| json!({ "name": r.name, "options": labels_json(&r.options) }),
+    );
     let extensions: Map<String, Value> = c
         .extensions
         .iter()

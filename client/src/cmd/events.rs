@@ -5,8 +5,8 @@ use chrono::SecondsFormat;
 use serde_json::{json, Map, Value};
 use sup_client::api::{envelope, Envelope, SubscribeRequest};
 
-use super::output::{labels_json, labels_text, print_text, time_json, to_datetime, Format};
 use super::output::OutputArg;
+use super::output::{labels_json, labels_text, print_text, time_json, to_datetime, Format};
 use super::Context;
 
 #[derive(Debug, clap::Args)]
@@ -50,11 +50,7 @@ fn event_line(event: &Envelope) -> String {
         || "-".to_string(),
         |t| t.to_rfc3339_opts(SecondsFormat::Nanos, true),
     );
-    let mut line = format!(
-        "{time} {} {}",
-        word(&event.namespace),
-        word(&event.topic)
-    );
+    let mut line = format!("{time} {} {}", word(&event.namespace), word(&event.topic));
     for (key, value) in fields(event) {
         line.push(' ');
         line.push_str(key);

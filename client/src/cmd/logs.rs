@@ -39,13 +39,19 @@ fn parse_tail(text: &str) -> Result<Tail, String> {
     }
     match text.trim().parse::<i64>() {
         Ok(n) if n >= 0 => Ok(Tail::Last(n)),
-        _ => Err(format!("tail {text:?}: expected a number of lines or \"all\"")),
+        _ => Err(format!(
+            "tail {text:?}: expected a number of lines or \"all\""
+        )),
     }
 }
 
 /// The API's `tail` and `since` for the flags. The API reads a tail of 0 as "all", so
 /// `--tail 0` (no old lines: with -f, only what comes next) is asked as "since now".
-fn window(tail: Option<Tail>, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> (i64, Option<DateTime<Utc>>) {
+fn window(
+    tail: Option<Tail>,
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (i64, Option<DateTime<Utc>>) {
     match tail {
         None | Some(Tail::All) => (0, since),
         Some(Tail::Last(0)) => (0, Some(since.map_or(now, |since| since.max(now)))),
@@ -80,10 +86,16 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> anyhow::Result<()> {
         }
         // Flushed entry by entry: a follower sees output as it is logged.
         if entry.stream == StdStream::Stderr as i32 {
-            stderr.write_all(&entry.data).await.context("writing to stderr")?;
+            stderr
+                .write_all(&entry.data)
+                .await
+                .context("writing to stderr")?;
             stderr.flush().await.context("writing to stderr")?;
         } else {
-            stdout.write_all(&entry.data).await.context("writing to stdout")?;
+            stdout
+                .write_all(&entry.data)
+                .await
+                .context("writing to stdout")?;
             stdout.flush().await.context("writing to stdout")?;
         }
     }
@@ -108,9 +120,15 @@ mod tests {
         let now = DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
         let before = DateTime::from_timestamp(1_600_000_000, 0).expect("valid");
         assert_eq!(window(None, None, now), (0, None));
-        assert_eq!(window(Some(Tail::All), Some(before), now), (0, Some(before)));
+        assert_eq!(
+            window(Some(Tail::All), Some(before), now),
+            (0, Some(before))
+        );
         assert_eq!(window(Some(Tail::Last(5)), None, now), (5, None));
         assert_eq!(window(Some(Tail::Last(0)), None, now), (0, Some(now)));
-        assert_eq!(window(Some(Tail::Last(0)), Some(before), now), (0, Some(now)));
+        assert_eq!(
+            window(Some(Tail::Last(0)), Some(before), now),
+            (0, Some(now))
+        );
     }
 }

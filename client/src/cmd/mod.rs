@@ -6,11 +6,19 @@
 //! `#[command(flatten)] out: OutputArg` in every leaf that prints objects.
 
 pub mod args;
+mod attach;
+mod containers;
+mod events;
+mod exec;
 mod images;
+mod logs;
 mod namespaces;
 pub mod output;
 pub mod progress;
+mod run;
 mod snapshots;
+pub mod stdio;
+mod tasks;
 mod version;
 
 use std::io::IsTerminal;
@@ -74,6 +82,22 @@ pub enum Command {
         alias = "namespace"
     )]
     Namespaces(namespaces::NamespacesCommand),
+    /// List, inspect and remove containers
+    #[command(subcommand, visible_alias = "container", visible_alias = "c")]
+    Containers(containers::ContainersCommand),
+    /// List, start, signal, wait for, pause, measure and remove tasks
+    #[command(subcommand, visible_alias = "task", visible_alias = "t")]
+    Tasks(tasks::TasksCommand),
+    /// Create a container from an image and run it
+    Run(run::RunArgs),
+    /// Run another process in a running container
+    Exec(exec::ExecArgs),
+    /// Print a container's logged output
+    Logs(logs::LogsArgs),
+    /// Connect to a running container's stdio
+    Attach(attach::AttachArgs),
+    /// Print the daemon's events as they happen
+    Events(events::EventsArgs),
 }
 
 /// Runs the command the user asked for.
@@ -84,6 +108,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images(cmd) => images::run(&ctx, cmd).await,
         Command::Snapshots(cmd) => snapshots::run(&ctx, cmd).await,
         Command::Namespaces(cmd) => namespaces::run(&ctx, cmd).await,
+        Command::Containers(cmd) => containers::run(&ctx, cmd).await,
+        Command::Tasks(cmd) => tasks::run(&ctx, cmd).await,
+        Command::Run(args) => run::run(&ctx, args).await,
+        Command::Exec(args) => exec::run(&ctx, args).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Attach(args) => attach::run(&ctx, args).await,
+        Command::Events(args) => events::run(&ctx, args).await,
     }
 }
 

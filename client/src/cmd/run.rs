@@ -2,12 +2,12 @@
 //! relays the task's stdio until the task exits and ends with the container's exit status.
 //! A run that fails halfway removes what it made.
 
+use sup_client::api::Container;
 use sup_client::api::{
     ContainerConfig, ContainerRuntime, CreateContainerRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteTaskRequest, MountSpec, Resources, StartRequest, StringList,
     WaitRequest,
 };
-use sup_client::api::Container;
 use sup_client::Client;
 
 use super::args::{env_list, label_map, parse_cpus, parse_env, parse_label, parse_mount};
@@ -294,8 +294,8 @@ mod tests {
 
     #[test]
     fn command_after_id_keeps_its_flags() {
-        let args = parse(&["--rm", "busybox", "t1", "sh", "-c", "exit 3", "--rm", "-t"])
-            .expect("parses");
+        let args =
+            parse(&["--rm", "busybox", "t1", "sh", "-c", "exit 3", "--rm", "-t"]).expect("parses");
         assert!(args.rm && !args.tty);
         assert_eq!((args.image.as_str(), args.id.as_str()), ("busybox", "t1"));
         assert_eq!(args.command, ["sh", "-c", "exit 3", "--rm", "-t"]);

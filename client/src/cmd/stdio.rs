@@ -151,7 +151,10 @@ fn process_name(opts: &StdioOptions) -> String {
     if opts.exec_id.is_empty() {
         format!("container {}", opts.container_id)
     } else {
-        format!("process {} of container {}", opts.exec_id, opts.container_id)
+        format!(
+            "process {} of container {}",
+            opts.exec_id, opts.container_id
+        )
     }
 }
 
@@ -327,7 +330,10 @@ impl Output {
     }
 }
 
-async fn write_all<W: tokio::io::AsyncWrite + Unpin>(out: &mut W, data: &[u8]) -> std::io::Result<()> {
+async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut W,
+    data: &[u8],
+) -> std::io::Result<()> {
     out.write_all(data).await?;
     out.flush().await
 }

@@ -18,6 +18,7 @@
 //!   <ns>/<id>                             -> ContainerRecord
 //! tree "snapshots"                        owned by `store::snapshots`
 //!   <snapshotter>/<ns>/<key>              -> SnapshotRecord       id, kind, parent key, labels
+//!   "\0next_id"                           -> u64 (big endian)      next snapshot data id
 //! ```
 //!
 //! Invariants, kept by the services that write here: an image's target and everything it

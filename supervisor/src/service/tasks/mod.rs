@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::{topic, Payload};
 use crate::service::Services;
 
+pub mod recover;
 pub mod shim;
 
 use shim::{from_status, Shim};
@@ -267,7 +268,7 @@ impl Services {
     }
 
     /// Follows a shim's events and publishes them.
-    fn watch(self: &Arc<Self>, task: Arc<Task>) {
+    pub(crate) fn watch(self: &Arc<Self>, task: Arc<Task>) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut client = task.client();
@@ -325,7 +326,7 @@ impl Services {
 
     /// Releases what a task holds: the shim (asked to stop, killed if it will not), the
     /// rootfs mount, the state dir and the socket.
-    async fn teardown(&self, ns: &str, id: &str, dir: &Path, socket: &Path, shim: Option<Shim>) {
+    pub(crate) async fn teardown(&self, ns: &str, id: &str, dir: &Path, socket: &Path, shim: Option<Shim>) {
         let mut stopped = false;
         if let Some(mut c) = shim {
             stopped = c.shutdown(()).await.is_ok();

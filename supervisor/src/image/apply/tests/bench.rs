@@ -1,6 +1,7 @@
 //! A benchmark against GNU tar on a real layer, run by hand:
 //! `SUP_BENCH_LAYER=/path/layer.tar cargo test --release -p sup-supervisor --lib
-//! image::apply::tests::bench -- --ignored --nocapture`.
+//! image::apply::tests::bench -- --ignored --nocapture`; `SUP_BENCH_DIR` picks the
+//! filesystem to extract to (default: the temporary directory).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -25,7 +26,10 @@ fn apply_layer_against_gnu_tar() {
     // Alternate who goes first: ext4 makes inode allocation slow right after mass
     // deletions (the previous round's cleanup), which must not favour either side.
     for round in 0..6 {
-        let env = Env::new();
+        let env = match std::env::var_os("SUP_BENCH_DIR") {
+            Some(dir) => Env::new_in(std::path::Path::new(&dir)),
+            None => Env::new(),
+        };
         let out = env.dir("gnu");
         let run_ours = || {
             let start = Instant::now();

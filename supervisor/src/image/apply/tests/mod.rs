@@ -184,7 +184,11 @@ pub(super) struct Env {
 
 impl Env {
     pub(super) fn new() -> Env {
-        let base = tempfile::tempdir().unwrap();
+        Env::new_in(&std::env::temp_dir())
+    }
+
+    pub(super) fn new_in(dir: &Path) -> Env {
+        let base = tempfile::tempdir_in(dir).unwrap();
         let root = base.path().join("root");
         let outside = base.path().join("outside");
         fs::create_dir(&root).unwrap();
