@@ -1,18 +1,21 @@
-//! sup-shim: the per-container process that owns a container's runtime calls, stdio and exit
-//! status. The supd-shim protocol and the process model land with tasks; until then the
-//! binary only answers `--version`.
+//! sup-shim: parses its arguments, detaches from supd before any async runtime or thread
+//! exists, then serves the container's shim API until supd shuts it down.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        Some("--version") | Some("-V") => {
-            println!("sup-shim {}", env!("CARGO_PKG_VERSION"));
-            std::process::ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("sup-shim is started by supd; it takes no commands yet");
-            std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser;
+use sup_shim::detach::{self, Detached};
+use sup_shim::options::Options;
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    match detach::detach() {
+        Ok(Detached::Launcher(code)) => code,
+        Ok(Detached::Shim(readiness)) => sup_shim::server::run(options, readiness),
+        Err(e) => {
+            println!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

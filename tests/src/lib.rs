@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod rpc;
 mod sys;
 pub mod tarfmt;
+pub mod task;
 pub mod tree;
 pub mod view;
 

@@ -234,12 +234,9 @@ mod tests {
 
     #[test]
     fn device_numbers_split_like_glibc() {
-        // makedev(1, 3) and makedev(259, 70000)
-        assert_eq!((major(0x103), minor(0x103)), (1, 3));
-        let dev: u64 = (259 & 0xfff) << 8
-            | ((259u64 & !0xfff) << 32)
-            | (70000 & 0xff)
-            | ((70000u64 & !0xff) << 12);
-        assert_eq!((major(dev), minor(dev)), (259, 70000));
+        for (ma, mi) in [(1, 3), (259, 70000), (4095, 255), (4096, 256)] {
+            let dev = nix::sys::stat::makedev(ma, mi);
+            assert_eq!((major(dev), minor(dev)), (ma, mi));
+        }
     }
 }

@@ -137,7 +137,7 @@ async fn write_read_info_round_trip() {
         .into_iter()
         .map(|c| c.digest)
         .collect();
-    assert_eq!(listed, [digest.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&digest));
 
     // Writing the same blob again either succeeds as a no-op or says it exists; either way
     // one blob, same bytes, no ingest left.

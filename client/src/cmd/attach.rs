@@ -3,7 +3,7 @@
 
 use sup_client::api::{GetTaskRequest, TaskStatus};
 
-use super::stdio::{self, StdioOptions};
+use super::stdio::{self, Signals, StdioOptions};
 use super::Context;
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +49,7 @@ pub async fn run(ctx: &Context, args: AttachArgs) -> anyhow::Result<()> {
         close_stdin: args.close_stdin,
         tty: process.terminal,
     };
-    let exit = stdio::attach(client, opts).await?.relay().await?;
-    stdio::finish(&name, &exit)
+    let signals = Signals::catch()?;
+    let relayed = stdio::attach(client, opts).await?.relay(signals).await?;
+    stdio::conclude(&name, &relayed)
 }

@@ -9,7 +9,7 @@ use sup_client::api::{
 use sup_client::Client;
 
 use super::args::{env_list, parse_env};
-use super::stdio::{self, StdioOptions};
+use super::stdio::{self, Relayed, Signals, StdioOptions};
 use super::{report, Context};
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +47,8 @@ pub struct ExecArgs {
 pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     let exec_id = args.exec_id.clone().unwrap_or_else(random_exec_id);
+    // Caught before the process exists: an interrupt during set-up removes it again.
+    let mut signals = Signals::catch()?;
     client.tasks().exec(exec_request(&args, &exec_id)).await?;
 
     let opts = StdioOptions {
@@ -63,6 +65,11 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<()> {
             return Err(err);
         }
     };
+    if let Some(signal) = signals.received() {
+        drop(attached);
+        discard(client, &args.id, &exec_id, false).await;
+        return Err(stdio::interrupted(signal));
+    }
     let start = StartRequest {
         container_id: args.id.clone(),
         exec_id: exec_id.clone(),
@@ -72,9 +79,11 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<()> {
         discard(client, &args.id, &exec_id, false).await;
         return Err(status.into());
     }
-    let exit = attached.relay().await?;
-    discard(client, &args.id, &exec_id, true).await;
-    stdio::finish(&format!("process {exec_id} of {}", args.id), &exit)
+    let relayed = attached.relay(signals).await?;
+    if matches!(relayed, Relayed::Exited(_)) {
+        discard(client, &args.id, &exec_id, true).await;
+    }
+    stdio::conclude(&format!("process {exec_id} of {}", args.id), &relayed)
 }
 
 fn exec_request(args: &ExecArgs, exec_id: &str) -> ExecProcessRequest {

@@ -94,7 +94,7 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Print a container's logged output
     Logs(logs::LogsArgs),
-    /// Connect to a running container's stdio
+    /// Connect to a running container's stdio (with a terminal, Ctrl-P Ctrl-Q detaches)
     Attach(attach::AttachArgs),
     /// Print the daemon's events as they happen
     Events(events::EventsArgs),

@@ -13,7 +13,7 @@ use sup_client::Client;
 use super::args::{env_list, label_map, parse_cpus, parse_env, parse_label, parse_mount};
 use super::args::{parse_positive, parse_size};
 use super::output::print_text;
-use super::stdio::{self, StdioOptions};
+use super::stdio::{self, Relayed, Signals, StdioOptions};
 use super::{report, Context, Exit};
 
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// Start the container and print its id, without waiting for it
     #[arg(short, long)]
     detach: bool,
-    /// Give the container a terminal
+    /// Give the container a terminal (with -i, Ctrl-P Ctrl-Q detaches and leaves it running)
     #[arg(short, long)]
     tty: bool,
     /// Connect our stdin to the container's
@@ -100,15 +100,27 @@ pub struct RunArgs {
 pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     let id = args.id.clone();
+    // Caught from the start: an interrupt while the container is being set up lets the
+    // current step finish, then undoes what was made, instead of leaving it half made.
+    let mut signals = Signals::catch()?;
     client.containers().create(create_request(&args)).await?;
+    if let Some(signal) = signals.received() {
+        discard(client, &id, false).await;
+        return Err(stdio::interrupted(signal));
+    }
 
     let task = CreateTaskRequest {
         container_id: id.clone(),
         stdin: args.interactive,
     };
-    if let Err(status) = client.tasks().create(task).await {
+    let created = client.tasks().create(task).await;
+    if let Err(status) = created {
         discard(client, &id, false).await;
         return Err(status.into());
+    }
+    if let Some(signal) = signals.received() {
+        discard(client, &id, true).await;
+        return Err(stdio::interrupted(signal));
     }
 
     if args.detach {
@@ -134,19 +146,27 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<()> {
             return Err(err);
         }
     };
+    if let Some(signal) = signals.received() {
+        drop(attached);
+        discard(client, &id, true).await;
+        return Err(stdio::interrupted(signal));
+    }
     if let Err(err) = start(client, &id).await {
         drop(attached);
         discard(client, &id, true).await;
         return Err(err);
     }
-    let exit = attached.relay().await?;
+    let relayed = attached.relay(signals).await?;
+    let Relayed::Exited(exit) = &relayed else {
+        return stdio::conclude(&format!("container {id}"), &relayed);
+    };
 
     let removed = if args.rm {
         remove(client, &id).await
     } else {
         Ok(())
     };
-    let finished = stdio::finish(&format!("container {id}"), &exit);
+    let finished = stdio::finish(&format!("container {id}"), exit);
     match removed {
         Ok(()) => finished,
         Err(err) => {
@@ -299,8 +319,11 @@ mod tests {
         assert!(args.rm && !args.tty);
         assert_eq!((args.image.as_str(), args.id.as_str()), ("busybox", "t1"));
         assert_eq!(args.command, ["sh", "-c", "exit 3", "--rm", "-t"]);
+        // A `--` before the command is the usual end of options; after it, it is an argument.
         let args = parse(&["busybox", "t1", "--", "ls"]).expect("parses");
-        assert_eq!(args.command, ["--", "ls"]);
+        assert_eq!(args.command, ["ls"]);
+        let args = parse(&["busybox", "t1", "echo", "--", "x"]).expect("parses");
+        assert_eq!(args.command, ["echo", "--", "x"]);
         let args = parse(&["busybox", "t1", "-la"]).expect("parses");
         assert_eq!(args.command, ["-la"]);
     }

@@ -15,7 +15,7 @@ use sup_client::api::{
 use sup_client::{Client, Svc};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal as SignalStream, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{report, Exit};
@@ -83,7 +83,15 @@ pub async fn attach(client: &Client, opts: StdioOptions) -> anyhow::Result<Attac
 impl Attached {
     /// Moves stdio until the process exits and returns its exit. Our terminal, when made raw,
     /// is restored before this returns, whichever way it returns.
-    pub async fn relay(self) -> anyhow::Result<WaitResponse> {
+    ///
+    /// `signals` are passed on to the process; take them before the process starts, so that
+    /// one that comes in between is not lost.
+    pub async fn relay(self, signals: Signals) -> anyhow::Result<Relayed> {
+        let output = Output::new(tokio::io::stdout(), tokio::io::stderr());
+        self.relay_to(output, signals).await
+    }
+
+    async fn relay_to(self, mut output: Output, mut signals: Signals) -> anyhow::Result<Relayed> {
         let Attached {
             opts,
             mut tasks,
@@ -102,31 +110,32 @@ impl Attached {
         } else {
             None
         };
+        let (detach_tx, mut detach) = oneshot::channel();
         if opts.stdin {
-            spawn_stdin_reader(requests.clone(), opts.close_stdin);
+            let detach_keys = raw.then_some(detach_tx);
+            spawn_stdin_reader(requests.clone(), opts.close_stdin, detach_keys);
         }
-        let mut signals = Forwarded::new()?;
-        let mut output = Output::new();
         let mut interrupts = 0;
         loop {
             tokio::select! {
                 message = responses.message() => match message {
                     Ok(Some(AttachResponse { payload: Some(payload) })) => match payload {
                         attach_response::Payload::Output(frame) => output.write(frame).await,
-                        attach_response::Payload::Exit(exit) => return Ok(exit),
+                        attach_response::Payload::Exit(exit) => return Ok(Relayed::Exited(exit)),
                     },
                     // A payload this client does not know, from a newer daemon.
                     Ok(Some(_)) => {}
                     // The stream ended without the exit frame (the daemon closes it this way
                     // when the process exited before it could say so): ask for the exit.
-                    Ok(None) => return wait(&mut tasks, &opts).await,
+                    Ok(None) => return wait(&mut tasks, &opts).await.map(Relayed::Exited),
                     Err(status) => {
                         return match wait(&mut tasks, &opts).await {
-                            Ok(exit) => Ok(exit),
+                            Ok(exit) => Ok(Relayed::Exited(exit)),
                             Err(_) => Err(status.into()),
                         };
                     }
                 },
+                Ok(()) = &mut detach => return Ok(Relayed::Detached),
                 Some(()) = next_signal(&mut window) => send_window_size(&requests, &opts).await,
                 received = signals.next() => {
                     if received == Signal::SIGINT {
@@ -142,6 +151,53 @@ impl Attached {
                     forward(&mut tasks, &opts, received).await?;
                 }
             }
+        }
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum Relayed {
+    /// The process exited.
+    Exited(WaitResponse),
+    /// The user typed the detach keys (Ctrl-P Ctrl-Q): the process goes on without us.
+    Detached,
+}
+
+/// Docker's detach keys, Ctrl-P then Ctrl-Q, so that fingers that know one know the other.
+const DETACH_FIRST: u8 = 0x10;
+const DETACH_SECOND: u8 = 0x11;
+
+/// Finds the detach keys in what the user typed. Returns the bytes to pass on and whether
+/// the keys were typed; a Ctrl-P at the end of a read is held back (`held`) until the next
+/// read tells whether a Ctrl-Q follows it.
+fn scan_detach(held: &mut bool, input: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(input.len() + 1);
+    for &byte in input {
+        if *held {
+            *held = false;
+            if byte == DETACH_SECOND {
+                return (out, true);
+            }
+            out.push(DETACH_FIRST);
+        }
+        if byte == DETACH_FIRST {
+            *held = true;
+        } else {
+            out.push(byte);
+        }
+    }
+    (out, false)
+}
+
+/// Ends the command for a relay that ended: with the process's exit status, or, detached,
+/// with a note that it still runs.
+pub fn conclude(name: &str, relayed: &Relayed) -> anyhow::Result<()> {
+    match relayed {
+        Relayed::Exited(exit) => finish(name, exit),
+        Relayed::Detached => {
+            report(&anyhow::anyhow!("detached from {name}; it keeps running"));
+            Ok(())
         }
     }
 }
@@ -195,13 +251,14 @@ async fn forward(
     }
 }
 
-/// The signals a foreground supctl passes on instead of dying from them.
-struct Forwarded {
+/// The signals a foreground supctl catches instead of dying from them: passed on to the
+/// process while it runs, and a cue to clean up while it is being set up.
+pub struct Signals {
     streams: Vec<(Signal, SignalStream)>,
 }
 
-impl Forwarded {
-    fn new() -> anyhow::Result<Forwarded> {
+impl Signals {
+    pub fn catch() -> anyhow::Result<Signals> {
         let kinds = [
             (Signal::SIGINT, SignalKind::interrupt()),
             (Signal::SIGTERM, SignalKind::terminate()),
@@ -214,7 +271,7 @@ impl Forwarded {
                 .with_context(|| format!("handling {}", signal.as_str()))?;
             streams.push((signal, stream));
         }
-        Ok(Forwarded { streams })
+        Ok(Signals { streams })
     }
 
     /// The next signal received.
@@ -231,6 +288,16 @@ impl Forwarded {
         });
         futures::future::select_all(pending).await.0
     }
+
+    /// A signal received since the last look, if any.
+    pub fn received(&mut self) -> Option<Signal> {
+        futures::FutureExt::now_or_never(self.next())
+    }
+}
+
+/// Fails with the exit code a death by `signal` gives, after the caller cleaned up.
+pub fn interrupted(signal: Signal) -> anyhow::Error {
+    Exit(128u8.saturating_add(signal as u8)).into()
 }
 
 async fn next_signal(stream: &mut Option<SignalStream>) -> Option<()> {
@@ -265,25 +332,42 @@ fn window_size() -> Option<(u32, u32)> {
 }
 
 /// Reads our stdin on a thread of its own (a blocking read cannot be cancelled, and must not
-/// hold up the exit) and queues it for the process.
-fn spawn_stdin_reader(requests: mpsc::Sender<AttachRequest>, close_at_end: bool) {
+/// hold up the exit) and queues it for the process. With `detach`, the detach keys are
+/// looked for (in raw mode, where no signal can get the user out) and reported there.
+fn spawn_stdin_reader(
+    requests: mpsc::Sender<AttachRequest>,
+    close_at_end: bool,
+    detach: Option<oneshot::Sender<()>>,
+) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
         let mut buf = vec![0u8; STDIN_CHUNK];
+        let mut held = false;
         loop {
-            match stdin.read(&mut buf) {
+            let n = match stdin.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => {
-                    let chunk = AttachRequest {
-                        payload: Some(attach_request::Payload::Stdin(buf[..n].to_vec())),
-                    };
-                    if requests.blocking_send(chunk).is_err() {
-                        return;
-                    }
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 // A read error (a hung-up terminal) ends our input as EOF does.
                 Err(_) => break,
+            };
+            let (data, detached) = match detach {
+                Some(_) => scan_detach(&mut held, &buf[..n]),
+                None => (buf[..n].to_vec(), false),
+            };
+            if !data.is_empty() {
+                let chunk = AttachRequest {
+                    payload: Some(attach_request::Payload::Stdin(data)),
+                };
+                if requests.blocking_send(chunk).is_err() {
+                    return;
+                }
+            }
+            if detached {
+                if let Some(detach) = detach {
+                    let _ = detach.send(());
+                }
+                return;
             }
         }
         if close_at_end {
@@ -295,18 +379,24 @@ fn spawn_stdin_reader(requests: mpsc::Sender<AttachRequest>, close_at_end: bool)
     });
 }
 
-/// Our stdout and stderr. A stream whose reader went away (`supctl run ... | head`) is
-/// dropped quietly, so that the process still runs to its end and its exit is collected.
+type Sink = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// Where output frames go: our stdout and stderr. A stream whose reader went away
+/// (`supctl run ... | head`) is dropped quietly, so that the process still runs to its end
+/// and its exit is collected.
 struct Output {
-    stdout: Option<tokio::io::Stdout>,
-    stderr: Option<tokio::io::Stderr>,
+    stdout: Option<Sink>,
+    stderr: Option<Sink>,
 }
 
 impl Output {
-    fn new() -> Output {
+    fn new(
+        stdout: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+        stderr: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+    ) -> Output {
         Output {
-            stdout: Some(tokio::io::stdout()),
-            stderr: Some(tokio::io::stderr()),
+            stdout: Some(Box::new(stdout)),
+            stderr: Some(Box::new(stderr)),
         }
     }
 
@@ -388,6 +478,10 @@ pub fn finish(name: &str, exit: &WaitResponse) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[path = "stdio_tests.rs"]
+mod relay_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -412,6 +506,26 @@ mod tests {
         assert_eq!(err.downcast_ref::<Exit>().map(|e| e.0), Some(130));
         let err = finish("t", &exit(512)).expect_err("non-zero");
         assert_eq!(err.downcast_ref::<Exit>().map(|e| e.0), Some(255));
+    }
+
+    #[test]
+    fn detach_keys() {
+        let mut held = false;
+        assert_eq!(scan_detach(&mut held, b"ls\r"), (b"ls\r".to_vec(), false));
+        assert_eq!(scan_detach(&mut held, b"a\x10\x11b"), (b"a".to_vec(), true));
+        // Ctrl-P alone goes through once the next byte shows it is not the sequence.
+        let mut held = false;
+        assert_eq!(scan_detach(&mut held, b"x\x10"), (b"x".to_vec(), false));
+        assert!(held);
+        assert_eq!(scan_detach(&mut held, b"y"), (b"\x10y".to_vec(), false));
+        assert!(!held);
+        assert_eq!(scan_detach(&mut held, b"\x10"), (Vec::new(), false));
+        assert_eq!(scan_detach(&mut held, b"\x11"), (Vec::new(), true));
+        let mut held = false;
+        assert_eq!(
+            scan_detach(&mut held, b"\x10\x10\x11"),
+            (b"\x10".to_vec(), true)
+        );
     }
 
     #[test]

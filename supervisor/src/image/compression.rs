@@ -1,9 +1,9 @@
 //! Layer compression: gzip, zstd or none, told by media type or by the stream's first bytes.
 //!
-//! Decoder failures surface as `io::ErrorKind::InvalidData` errors that say which format was
-//! corrupt, while errors of the underlying reader (a disk failing under the content store)
-//! pass through untouched: the applier turns the former into InvalidArgument and keeps the
-//! latter as I/O failures.
+//! Decoder failures surface as `io::ErrorKind::InvalidData` errors carrying [`Corrupt`]
+//! (which says which format was corrupt), while errors of the underlying reader (a disk
+//! failing under the content store) pass through untouched: the applier turns the former
+//! into InvalidArgument and keeps the latter as I/O failures.
 
 use std::io::{self, BufRead, Read};
 
@@ -132,11 +132,39 @@ impl<R: Read> Read for Labelled<R> {
             } else {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("corrupt {} data: {e}", self.what),
+                    Corrupt {
+                        what: self.what,
+                        cause: e,
+                    },
                 )
             }
         })
     }
+}
+
+/// The error inside the `io::Error` a decoder returns for bad compressed data; readers
+/// further down (the layer applier) can recognise it with `get_ref()` and `is::<Corrupt>()`.
+#[derive(Debug)]
+pub struct Corrupt {
+    what: &'static str,
+    cause: io::Error,
+}
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "corrupt {} data: {}", self.what, self.cause)
+    }
+}
+
+impl std::error::Error for Corrupt {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+/// Whether `err` came from a decoder fed bad data.
+pub fn is_corrupt(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<Corrupt>())
 }
 
 #[cfg(test)]
@@ -228,6 +256,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("corrupt gzip data"), "{err}");
+        assert!(is_corrupt(&err));
 
         // Without the optional content checksum zstd cannot notice every flipped bit (the
         // diff ID check does); with it, corruption is an error.

@@ -53,23 +53,19 @@ impl Applier {
         what: &str,
         mut make: impl FnMut() -> Result<T, Errno>,
     ) -> Result<T> {
-        let first = match make() {
+        let made = match make() {
             Err(Errno::EXIST) => {
                 self.remove(dir, name)?;
                 make()
             }
             other => other,
         };
-        first.map_err(|e| fail(format_args!("creating {what} {}", quoted(name)), e))
+        made.map_err(|e| fail(format_args!("creating {what} {}", quoted(name)), e))
     }
 
     /// The layer's entry for the root directory: its metadata only.
     pub(super) fn root_meta(&mut self, meta: &Meta) -> Result<()> {
-        let root = self
-            .root
-            .try_clone()
-            .map_err(|e| Error::io("duplicating a descriptor", e))?;
-        set_meta_fd(root.as_fd(), meta, b".")?;
+        set_meta_fd(self.root.as_fd(), meta, b".")?;
         self.dir_times.push((Vec::new(), meta.times.clone()));
         Ok(())
     }

@@ -16,13 +16,13 @@ mod fsops;
 mod meta;
 mod names;
 mod resolve;
+mod stream;
 mod whiteout;
 mod xattr;
 
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -31,12 +31,12 @@ use std::rc::Rc;
 
 use rustix::fs::{FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use self::meta::Meta;
 use self::names::{CleanPath, Whiteout};
 use self::resolve::Parent;
+use self::stream::{Hashing, StreamState, Watch};
 use crate::error::{Error, Result};
 use crate::snapshot::{ApplyTarget, WhiteoutMode};
 
@@ -61,11 +61,7 @@ const COPY_BUFFER: usize = 1 << 20;
 pub fn apply_layer(layer: &mut dyn Read, target: &ApplyTarget) -> Result<Applied> {
     let mut applier = Applier::open(target)?;
     let stream = Rc::new(StreamState::default());
-    let hashing = Hashing {
-        inner: layer,
-        hasher: Sha256::new(),
-        size: 0,
-    };
+    let hashing = Hashing::new(layer)?;
     let watched = Watch {
         inner: BufReader::with_capacity(READ_BUFFER, hashing),
         state: Rc::clone(&stream),
@@ -85,11 +81,8 @@ pub fn apply_layer(layer: &mut dyn Read, target: &ApplyTarget) -> Result<Applied
     let mut rest = archive.into_inner().inner;
     io::copy(&mut rest, &mut io::sink()).map_err(|e| stream.error(e))?;
     applier.finish()?;
-    let hashing = rest.into_inner();
-    Ok(Applied {
-        diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
-        size: hashing.size,
-    })
+    let (diff_id, size) = rest.into_inner().finish()?;
+    Ok(Applied { diff_id, size })
 }
 
 /// Flushes the filesystem holding `path` to disk (one `syncfs` rather than an fsync per
@@ -102,72 +95,6 @@ pub fn sync_dir(path: &Path) -> Result<()> {
     )
     .map_err(|e| fsops::fail(format_args!("opening {}", path.display()), e))?;
     rustix::fs::syncfs(&dir).map_err(|e| fsops::fail(format_args!("syncing {}", path.display()), e))
-}
-
-/// Hashes and counts every byte read from the layer.
-struct Hashing<'a> {
-    inner: &'a mut dyn Read,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl Read for Hashing<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-}
-
-/// What the tar reader saw of the stream, to classify its errors afterwards: the tar crate
-/// rewraps I/O errors and loses their OS error code.
-#[derive(Default)]
-struct StreamState {
-    /// The tar reader hit the end of the stream (a complete archive ends at its marker).
-    eof: Cell<bool>,
-    /// The last OS-level read error (a failing disk, not bad data).
-    os_error: Cell<Option<i32>>,
-}
-
-impl StreamState {
-    /// Classifies an error reading the layer: bad bytes are the layer's fault, an OS error
-    /// is ours.
-    fn error(&self, err: io::Error) -> Error {
-        if let Some(code) = self.os_error.get().or(err.raw_os_error()) {
-            return Error::io("reading the layer", io::Error::from_raw_os_error(code));
-        }
-        if self.eof.get() || err.kind() == io::ErrorKind::UnexpectedEof {
-            Error::invalid(format!("truncated tar: {err}"))
-        } else {
-            Error::invalid(format!("malformed tar: {err}"))
-        }
-    }
-}
-
-/// Sits between the tar reader and the buffered stream and records what `StreamState`
-/// needs.
-struct Watch<R> {
-    inner: R,
-    state: Rc<StreamState>,
-}
-
-impl<R: Read> Read for Watch<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inner.read(buf) {
-            Ok(0) if !buf.is_empty() => {
-                self.state.eof.set(true);
-                Ok(0)
-            }
-            Ok(n) => Ok(n),
-            Err(err) => {
-                if let Some(code) = err.raw_os_error() {
-                    self.state.os_error.set(Some(code));
-                }
-                Err(err)
-            }
-        }
-    }
 }
 
 /// The state of one application.
@@ -235,8 +162,8 @@ impl Applier {
         raw: &[u8],
         stream: &StreamState,
     ) -> Result<()> {
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
+        let entry_type = entry.header().entry_type();
+        if entry_type.is_pax_global_extensions() {
             return Ok(());
         }
         let path = CleanPath::new(raw).map_err(Error::invalid)?;
@@ -246,58 +173,33 @@ impl Applier {
             Whiteout::Opaque => return self.opaque(path.parent()),
             Whiteout::Reserved => return Ok(()),
         }
-        let node = match kind {
-            EntryType::Char => Some(FileType::CharacterDevice),
-            EntryType::Block => Some(FileType::BlockDevice),
-            EntryType::Fifo => Some(FileType::Fifo),
-            EntryType::Regular
-            | EntryType::Continuous
-            | EntryType::GNUSparse
-            | EntryType::Directory
-            | EntryType::Symlink
-            | EntryType::Link => None,
-            other => {
-                tracing::warn!(entry = %names::display(raw), kind = ?other, "skipping unsupported tar entry type");
-                return Ok(());
-            }
+        let Some(kind) = Kind::of(entry_type) else {
+            let shown = names::display(raw);
+            tracing::warn!(entry = %shown, ?entry_type, "skipping unsupported tar entry type");
+            return Ok(());
         };
-        if kind == EntryType::Link {
-            let target = link_name(entry)?;
-            let parent = self.must_parent(path.parent())?;
-            let done = self.make_hardlink(&parent, path.name(), &target);
-            self.release(parent);
-            return done;
-        }
         let meta = Meta::read(entry)?;
         if path.is_root() {
-            if kind != EntryType::Directory {
-                return Err(Error::invalid("names the root but is not a directory"));
-            }
-            return self.root_meta(&meta);
+            return match kind {
+                Kind::Dir => self.root_meta(&meta),
+                _ => Err(Error::invalid("names the root but is not a directory")),
+            };
         }
         let parent = self.must_parent(path.parent())?;
         let name = path.name();
-        let done = match (kind, node) {
-            (EntryType::Directory, _) => self.make_dir(&parent, name, &meta),
-            (EntryType::Symlink, _) => {
-                let target = link_name(entry)?;
-                self.make_symlink(&parent, name, &target, &meta)
+        let done = match kind {
+            Kind::File => self.make_file(&parent, name, &meta, entry, stream),
+            Kind::Dir => self.make_dir(&parent, name, &meta),
+            Kind::Symlink => {
+                link_name(entry).and_then(|target| self.make_symlink(&parent, name, &target, &meta))
             }
-            (_, Some(FileType::Fifo)) => self.make_node(&parent, name, FileType::Fifo, 0, &meta),
-            (_, Some(node)) => {
-                // Fifos often leave these fields blank; devices need them.
-                let header = entry.header();
-                let major = header.device_major().map_err(|e| bad(&e))?.unwrap_or(0);
-                let minor = header.device_minor().map_err(|e| bad(&e))?.unwrap_or(0);
-                self.make_node(
-                    &parent,
-                    name,
-                    node,
-                    rustix::fs::makedev(major, minor),
-                    &meta,
-                )
+            Kind::Hardlink => {
+                link_name(entry).and_then(|target| self.make_hardlink(&parent, name, &target))
             }
-            _ => self.make_file(&parent, name, &meta, entry, stream),
+            // Fifos often leave the device fields blank.
+            Kind::Node(FileType::Fifo) => self.make_node(&parent, name, FileType::Fifo, 0, &meta),
+            Kind::Node(node) => device(entry.header())
+                .and_then(|dev| self.make_node(&parent, name, node, dev, &meta)),
         };
         self.release(parent);
         done
@@ -317,6 +219,14 @@ impl Applier {
     fn keep_fd(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
         let st = rustix::fs::fstat(fd).map_err(|e| fsops::fail("inspecting a new file", e))?;
         self.keep_ino(st.st_ino);
+        Ok(())
+    }
+
+    /// Forgets the inode of something the applier made on its own (a copied-up parent, a
+    /// whiteout): its number may have been freed by an earlier removal of a kept inode.
+    fn unkeep(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
+        let st = rustix::fs::fstat(fd).map_err(|e| fsops::fail("inspecting a new file", e))?;
+        self.kept.remove(&st.st_ino);
         Ok(())
     }
 
@@ -353,8 +263,39 @@ impl Applier {
     }
 }
 
-fn bad(err: &io::Error) -> Error {
-    Error::invalid(format!("malformed tar header: {err}"))
+/// What an entry creates.
+#[derive(Clone, Copy)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    /// A device node or fifo.
+    Node(FileType),
+}
+
+impl Kind {
+    fn of(t: EntryType) -> Option<Kind> {
+        Some(match t {
+            // The tar crate turns GNU sparse files into their full contents.
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => Kind::Symlink,
+            EntryType::Link => Kind::Hardlink,
+            EntryType::Char => Kind::Node(FileType::CharacterDevice),
+            EntryType::Block => Kind::Node(FileType::BlockDevice),
+            EntryType::Fifo => Kind::Node(FileType::Fifo),
+            _ => return None,
+        })
+    }
+}
+
+/// The device number of a character or block device entry.
+fn device(header: &tar::Header) -> Result<u64> {
+    let bad = |e: io::Error| Error::invalid(format!("malformed device number: {e}"));
+    let major = header.device_major().map_err(bad)?.unwrap_or(0);
+    let minor = header.device_minor().map_err(bad)?.unwrap_or(0);
+    Ok(rustix::fs::makedev(major, minor))
 }
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Vec<u8>> {

@@ -105,7 +105,6 @@ impl Applier {
     /// Resolves `path` component by component in the merged view (see the module comment).
     pub(super) fn walk(&mut self, path: &[u8], create: bool) -> Result<Option<Frame>> {
         let mut cur = self.root_frame()?;
-        let mut above: Vec<Frame> = Vec::new();
         // Components still to resolve, last first.
         let mut pending: Vec<Vec<u8>> = path
             .split(|b| *b == b'/')
@@ -117,15 +116,16 @@ impl Applier {
             match comp.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
-                    if let Some(up) = above.pop() {
-                        cur = up;
-                    }
+                    // Reopened rather than kept: a stack of frames would hold a descriptor
+                    // per level and per lower.
+                    let up = cur.path.iter().rposition(|b| *b == b'/').unwrap_or(0);
+                    cur = self.frame_at(&cur.path[..up])?;
                     continue;
                 }
                 _ => {}
             }
             match self.step(&cur, &comp, create)? {
-                Step::Dir(next) => above.push(std::mem::replace(&mut cur, next)),
+                Step::Dir(next) => cur = next,
                 Step::Link(target) => {
                     links += 1;
                     if links > MAX_LINKS {
@@ -135,7 +135,6 @@ impl Applier {
                         )));
                     }
                     if target.first() == Some(&b'/') {
-                        above.clear();
                         cur = self.root_frame()?;
                     }
                     pending.extend(target.split(|b| *b == b'/').rev().map(<[u8]>::to_vec));
@@ -144,6 +143,24 @@ impl Applier {
             }
         }
         Ok(Some(cur))
+    }
+
+    /// The frame of `path`, a path the walk has already been through: every component is a
+    /// directory in the root by now (copied up or created as the walk went).
+    fn frame_at(&mut self, path: &[u8]) -> Result<Frame> {
+        let mut cur = self.root_frame()?;
+        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            match self.step(&cur, comp, false)? {
+                Step::Dir(next) => cur = next,
+                _ => {
+                    return Err(Error::internal(format!(
+                        "directory {} vanished during resolution",
+                        quoted(path)
+                    )))
+                }
+            }
+        }
+        Ok(cur)
     }
 
     fn root_frame(&self) -> Result<Frame> {
@@ -283,6 +300,7 @@ impl Applier {
         let st = rustix::fs::fstat(below).map_err(|e| fail(what(), e))?;
         rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(|e| fail(what(), e))?;
         let fd = open_dir(dir, name).map_err(|e| fail(what(), e))?;
+        self.unkeep(fd.as_fd())?;
         rustix::fs::fchown(
             &fd,
             Some(rustix::fs::Uid::from_raw(st.st_uid)),

@@ -54,7 +54,7 @@ impl Applier {
 
     fn overlay_whiteout(&mut self, dir: BorrowedFd<'_>, hidden: &[u8]) -> Result<()> {
         let Some(st) = stat_at(dir, hidden)? else {
-            return make_whiteout(dir, hidden);
+            return self.make_whiteout(dir, hidden);
         };
         // A whiteout already, or this layer's own file, which hides the lower one by itself.
         if file_type(&st) != FileType::Directory {
@@ -67,13 +67,17 @@ impl Applier {
         fsops::remove_tree(dir, hidden, Some(&self.kept))?;
         match open_dir(dir, hidden) {
             Ok(fd) => xattr::set_opaque(fd.as_fd()),
-            Err(Errno::NOENT) => make_whiteout(dir, hidden),
+            Err(Errno::NOENT) => self.make_whiteout(dir, hidden),
             Err(e) => Err(fail(format_args!("opening {}", quoted(hidden)), e)),
         }
     }
-}
 
-fn make_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
-    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
-        .map_err(|e| fail(format_args!("creating whiteout {}", quoted(name)), e))
+    fn make_whiteout(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+            .map_err(|e| fail(format_args!("creating whiteout {}", quoted(name)), e))?;
+        if let Some(st) = stat_at(dir, name)? {
+            self.kept.remove(&st.st_ino);
+        }
+        Ok(())
+    }
 }

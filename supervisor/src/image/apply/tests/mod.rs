@@ -4,6 +4,7 @@
 mod bench;
 mod entries;
 mod hostile;
+mod lowers;
 mod stream;
 mod whiteouts;
 

@@ -89,8 +89,8 @@ fn corrupt_gzip_is_invalid() {
         "corrupt gzip data",
     );
 
-    let mut good = compression::open_layer(&gz[..mid], "").unwrap();
-    let err = apply_layer(&mut good, &env.target(Delete)).unwrap_err();
+    let mut truncated = compression::open_layer(&gz[..mid], "").unwrap();
+    let err = apply_layer(&mut truncated, &env.target(Delete)).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
 }
 
