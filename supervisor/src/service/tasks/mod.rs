@@ -85,6 +85,31 @@ fn ts(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
 }
 
 impl Services {
+    /// Publishes a task event about one process.
+    pub(crate) fn publish_task(
+        &self,
+        ns: &str,
+        topic: &'static str,
+        id: &str,
+        exec_id: &str,
+        pid: u32,
+        exit: Option<(u32, Option<SystemTime>, String)>,
+    ) {
+        let (exit_status, exited_at, reason) = exit.unwrap_or((0, None, String::new()));
+        self.events.publish(
+            ns,
+            topic,
+            Payload::Task {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid,
+                exit_status,
+                exited_at,
+                reason,
+            },
+        );
+    }
+
     pub fn task_dir(&self, ns: &str, id: &str) -> PathBuf {
         self.state.join("tasks").join(ns).join(id)
     }
@@ -167,18 +192,7 @@ impl Services {
                     t.insert((ns.to_string(), id.to_string()), Slot::Ready(task.clone()));
                 }
                 self.watch(task.clone());
-                self.events.publish(
-                    ns,
-                    topic::TASK_CREATE,
-                    Payload::Task {
-                        container_id: id.to_string(),
-                        exec_id: String::new(),
-                        pid: task.pid,
-                        exit_status: 0,
-                        exited_at: None,
-                        reason: String::new(),
-                    },
-                );
+                self.publish_task(ns, topic::TASK_CREATE, id, "", task.pid, None);
                 Ok(task)
             }
             Err(e) => {
@@ -326,7 +340,14 @@ impl Services {
 
     /// Releases what a task holds: the shim (asked to stop, killed if it will not), the
     /// rootfs mount, the state dir and the socket.
-    pub(crate) async fn teardown(&self, ns: &str, id: &str, dir: &Path, socket: &Path, shim: Option<Shim>) {
+    pub(crate) async fn teardown(
+        &self,
+        ns: &str,
+        id: &str,
+        dir: &Path,
+        socket: &Path,
+        shim: Option<Shim>,
+    ) {
         let mut stopped = false;
         if let Some(mut c) = shim {
             stopped = c.shutdown(()).await.is_ok();
@@ -416,18 +437,7 @@ impl Services {
         } else {
             topic::TASK_EXEC_STARTED
         };
-        self.events.publish(
-            ns,
-            t,
-            Payload::Task {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                pid,
-                exit_status: 0,
-                exited_at: None,
-                reason: String::new(),
-            },
-        );
+        self.publish_task(ns, t, id, exec_id, pid, None);
         Ok(pid)
     }
 
@@ -587,18 +597,7 @@ impl Services {
             })
             .await
             .map_err(|s| from_status(&format!("exec in task {id:?}"), s))?;
-        self.events.publish(
-            ns,
-            topic::TASK_EXEC_ADDED,
-            Payload::Task {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                pid: 0,
-                exit_status: 0,
-                exited_at: None,
-                reason: String::new(),
-            },
-        );
+        self.publish_task(ns, topic::TASK_EXEC_ADDED, id, exec_id, 0, None);
         Ok(())
     }
 
@@ -611,22 +610,12 @@ impl Services {
             c.resume(()).await
         };
         r.map_err(|s| from_status(&format!("task {id:?}"), s))?;
-        self.events.publish(
-            ns,
-            if pause {
-                topic::TASK_PAUSED
-            } else {
-                topic::TASK_RESUMED
-            },
-            Payload::Task {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-                pid: task.pid,
-                exit_status: 0,
-                exited_at: None,
-                reason: String::new(),
-            },
-        );
+        let t = if pause {
+            topic::TASK_PAUSED
+        } else {
+            topic::TASK_RESUMED
+        };
+        self.publish_task(ns, t, id, "", task.pid, None);
         Ok(())
     }
 

@@ -115,7 +115,10 @@ impl Services {
             oom: AtomicBool::new(false),
         });
         if let Ok(mut t) = self.tasks.table.lock() {
-            t.insert((rec.namespace.clone(), rec.id.clone()), Slot::Ready(task.clone()));
+            t.insert(
+                (rec.namespace.clone(), rec.id.clone()),
+                Slot::Ready(task.clone()),
+            );
         }
         self.watch(task);
         tracing::info!(namespace = %rec.namespace, id = %rec.id, pid = info.task_pid, "reconnected to task");
