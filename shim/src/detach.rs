@@ -1,16 +1,16 @@
 //! Leaving supd: the double fork that makes the shim a grandchild in its own session, so supd
 //! is never its parent and supd's death or restart never reaches it, and the readiness line
-//! the launcher prints for supd. The crate's only `unsafe` lives here.
-#![allow(unsafe_code)]
+//! the launcher prints for supd.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
-use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, pipe2, setsid, ForkResult};
+use nix::unistd::{pipe2, setsid, ForkResult};
+
+use crate::sys::fork_single_threaded;
 
 /// Longest readiness line the launcher relays.
 const MAX_READY_LINE: u64 = 4096;
@@ -58,9 +58,7 @@ impl Readiness {
 /// or child exists.
 pub fn detach() -> Result<Detached, DetachError> {
     let (read_end, write_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(DetachError::Pipe)?;
-    // SAFETY: the process is single-threaded here (main has started no thread and no runtime),
-    // so the child may run arbitrary code after fork.
-    match unsafe { fork() }.map_err(DetachError::Fork)? {
+    match fork_single_threaded().map_err(DetachError::Fork)? {
         ForkResult::Parent { child } => {
             drop(write_end);
             // The intermediate child exits at once; reap it so supd's child leaves no zombie.
@@ -74,21 +72,13 @@ pub fn detach() -> Result<Detached, DetachError> {
             if let Err(e) = setsid() {
                 fail_early(write_end, &format!("setsid: {e}"));
             }
-            // SAFETY: still single-threaded, as above.
-            match unsafe { fork() } {
+            match fork_single_threaded() {
                 Ok(ForkResult::Parent { .. }) => std::process::exit(0),
                 Ok(ForkResult::Child) => Ok(Detached::Shim(Readiness(Some(File::from(write_end))))),
                 Err(e) => fail_early(write_end, &format!("forking the shim: {e}")),
             }
         }
     }
-}
-
-/// Ignores SIGPIPE so a write to a closed pipe or socket is an EPIPE error, not a death.
-/// Children get the default disposition back (the standard library resets it on spawn).
-pub fn ignore_sigpipe() -> nix::Result<()> {
-    // SAFETY: SIG_IGN installs no handler code, so nothing runs in signal context.
-    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
 
 fn fail_early(pipe: OwnedFd, message: &str) -> ! {

@@ -1,7 +1,7 @@
 //! sup-shim as a library: one shim process owns one container's runtime calls, stdio, logs and
 //! exit status, and serves them to supd over a unix socket (`sup.shim.v1`).
 //!
-//! `unsafe` is denied everywhere but in `detach`, which forks.
+//! `unsafe` is denied everywhere but in `sys`, which wraps the few calls that need it.
 #![deny(unsafe_code)]
 
 pub mod detach;
@@ -13,3 +13,4 @@ pub mod reaper;
 pub mod runc;
 pub mod server;
 pub mod service;
+mod sys;

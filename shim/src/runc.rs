@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use crate::reaper::{ExitCode, Reaper, Token};
+use crate::reaper::{Reaper, Token};
 
 /// Most of a command's stdout that is kept (state, ps and stats output are far smaller).
 const MAX_STDOUT: u64 = 16 << 20;
@@ -67,14 +67,12 @@ pub struct RuntimeState {
 }
 
 /// The one long-running runtime child per container: `events`, which reports OOM kills.
-pub struct EventsChild {
-    pub pid: i32,
-    pub stdout: pipe::Receiver,
-    pub exit: tokio::sync::oneshot::Receiver<ExitCode>,
+pub struct EventsHandle {
+    pid: i32,
     reaped: Arc<Mutex<bool>>,
 }
 
-impl EventsChild {
+impl EventsHandle {
     /// SIGKILLs it unless it was reaped already (its pid may belong to another process then).
     pub fn kill(&self) {
         let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,7 +177,12 @@ impl Runc {
 
     pub async fn state(&self, id: &str) -> Result<RuntimeState, RuncError> {
         let out = self
-            .run("state", os_args(&["state", id]), None, ChildStdio::default())
+            .run(
+                "state",
+                os_args(&["state", id]),
+                None,
+                ChildStdio::default(),
+            )
             .await?;
         serde_json::from_slice(&out).map_err(|e| self.bad_output("state", e))
     }
@@ -248,8 +251,9 @@ impl Runc {
         self.run("exec", args, None, stdio).await.map(drop)
     }
 
-    /// Starts `events --interval 60s`, whose JSON lines report OOM kills as they happen.
-    pub fn events(&self, id: &str) -> Result<EventsChild, RuncError> {
+    /// Starts `events --interval 60s`, whose JSON lines on the returned pipe report OOM kills
+    /// as they happen.
+    pub fn events(&self, id: &str) -> Result<(EventsHandle, pipe::Receiver), RuncError> {
         let command = self.command_name("events");
         let mut cmd = self.command(os_args(&["events", "--interval", "60s", id]));
         cmd.stdin(Stdio::null())
@@ -258,40 +262,29 @@ impl Runc {
         let token = self.reaper.token();
         let (pid, mut child) = self.spawn(&command, cmd)?;
         let reaped = Arc::new(Mutex::new(false));
-        let (tx, exit) = tokio::sync::oneshot::channel();
         let flag = reaped.clone();
         self.reaper.on_exit(pid, token, move |code| {
             *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            let _ = tx.send(code);
+            tracing::debug!(exit_status = code.0, "runtime events watcher ended");
         });
+        let handle = EventsHandle { pid, reaped };
         let stdout = child
             .stdout
             .take()
             .ok_or_else(|| self.bad_output("events", "no stdout pipe"))
             .and_then(|out| {
-                pipe::Receiver::from_owned_fd(OwnedFd::from(out)).map_err(|source| {
-                    RuncError::Io {
-                        command: command.clone(),
-                        source,
-                    }
+                pipe::Receiver::from_owned_fd(OwnedFd::from(out)).map_err(|source| RuncError::Io {
+                    command: command.clone(),
+                    source,
                 })
             });
-        let events = EventsChild {
-            pid,
-            stdout: match stdout {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    return Err(e);
-                }
-            },
-            exit,
-            reaped,
-        };
-        Ok(events)
+        match stdout {
+            Ok(rx) => Ok((handle, rx)),
+            Err(e) => {
+                handle.kill();
+                Err(e)
+            }
+        }
     }
 
     async fn simple(&self, what: &'static str, args: &[&str]) -> Result<(), RuncError> {
@@ -324,7 +317,11 @@ impl Runc {
         cmd
     }
 
-    fn spawn(&self, command: &str, mut cmd: Command) -> Result<(i32, std::process::Child), RuncError> {
+    fn spawn(
+        &self,
+        command: &str,
+        mut cmd: Command,
+    ) -> Result<(i32, std::process::Child), RuncError> {
         let child = cmd.spawn().map_err(|source| RuncError::Spawn {
             command: command.to_string(),
             binary: self.binary.display().to_string(),
@@ -440,9 +437,9 @@ struct LogEntry {
 /// The message of the last error-level entry of a JSON log.
 pub fn last_logged_error(log: &[u8]) -> Option<String> {
     log.split(|&b| b == b'\n')
+        .rev()
         .filter_map(|line| serde_json::from_slice::<LogEntry>(line).ok())
-        .filter(|e| matches!(e.level.as_str(), "error" | "fatal" | "panic") && !e.msg.is_empty())
-        .last()
+        .find(|e| matches!(e.level.as_str(), "error" | "fatal" | "panic") && !e.msg.is_empty())
         .map(|e| e.msg)
 }
 
@@ -470,7 +467,10 @@ not json
             last_logged_error(log).as_deref(),
             Some("container does not exist")
         );
-        assert_eq!(last_logged_error(b"{\"level\":\"info\",\"msg\":\"x\"}"), None);
+        assert_eq!(
+            last_logged_error(b"{\"level\":\"info\",\"msg\":\"x\"}"),
+            None
+        );
     }
 
     #[test]

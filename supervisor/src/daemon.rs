@@ -107,7 +107,31 @@ pub fn prepare(cfg: &Config) -> Result<RootLock> {
     cfg.validate()?;
     make_dir(&cfg.root, 0o711)?;
     make_dir(&cfg.state, 0o711)?;
-    lock_root(&cfg.root)
+    let lock = lock_root(&cfg.root)?;
+    check_address_free(&cfg.address)?;
+    Ok(lock)
+}
+
+/// Refuses an address another daemon (of any root) is serving on: taking it over would cut
+/// that daemon off from its clients.
+fn check_address_free(address: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = fs::symlink_metadata(address) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::FailedPrecondition(format!(
+            "address {}: exists and is not a socket",
+            address.display()
+        )));
+    }
+    if std::os::unix::net::UnixStream::connect(address).is_ok() {
+        return Err(Error::FailedPrecondition(format!(
+            "address {}: another supd is serving on it",
+            address.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Binds the API socket (mode 0660), replacing a stale one left by a crashed daemon (the

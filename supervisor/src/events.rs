@@ -68,6 +68,7 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Exchange {
     tx: broadcast::Sender<Event>,
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Exchange {
@@ -80,7 +81,18 @@ impl Exchange {
     pub fn new() -> Exchange {
         // Subscribers that fall this far behind are told they lost events.
         let (tx, _) = broadcast::channel(4096);
-        Exchange { tx }
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Exchange { tx, closed }
+    }
+
+    /// Ends every subscription (the daemon is stopping).
+    pub fn close(&self) {
+        let _ = self.closed.send(true);
+    }
+
+    /// Changes to true when the exchange closes.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
     pub fn publish(&self, namespace: &str, topic: &'static str, payload: Payload) {

@@ -102,6 +102,9 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long calls in flight may take to finish once a stop is asked.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = daemon::prepare(&cfg)?;
     let services = Arc::new(daemon::open_services(&cfg)?);
@@ -120,16 +123,35 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(server::serve(services.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let result = tokio::select! {
+        r = &mut server => Some(r),
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); None }
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            // Streams that never end on their own (event subscriptions) are closed; calls
+            // still running get a bounded time to finish.
+            services.events.close();
+            let _ = stop.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("calls still running after the grace period; stopping anyway");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
         }
     };
-    let result = server::serve(services.clone(), listener, shutdown).await;
     let _ = std::fs::remove_file(&cfg.address);
     services.store.flush().await?;
-    result?;
+    result??;
     tracing::info!("supd stopped");
     Ok(())
 }

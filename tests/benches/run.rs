@@ -192,10 +192,19 @@ async fn bench() {
     let bundle = make_bundle(scratch.path(), &cgroup_parent);
     let mut bare = bare_runc(scratch.path(), &bundle, runs);
     remove_cgroup_parent(&cgroup_parent);
+    eprintln!(
+        "bare runc run: {runs} runs, median {}",
+        ms(median(&mut bare))
+    );
 
     let world = World::start().await;
     let mut through_sup = supctl_run_rm(&world, runs);
+    eprintln!(
+        "supctl run --rm: {runs} runs, median {}",
+        ms(median(&mut through_sup))
+    );
     let (total, mut each) = detached_starts(&world, containers);
+    eprintln!("{containers} detached starts: {}", ms(total));
 
     let supd = world.daemon.pid().expect("supd pid");
     let (supd_rss, supd_pss) = task::rss_pss_kib(supd).unwrap_or((0, 0));

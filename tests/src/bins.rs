@@ -1,7 +1,7 @@
 //! Where the binaries under test are: `SUP_BIN_DIR`, or the target directory this test or
 //! bench executable was built into (`target/<profile>/deps/x` -> `target/<profile>/`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Directory holding supd, supctl and sup-shim.
 pub fn bin_dir() -> PathBuf {
@@ -38,9 +38,4 @@ pub fn supd() -> PathBuf {
 /// Path of the supctl binary.
 pub fn supctl() -> PathBuf {
     binary("supctl")
-}
-
-/// True when `path` lies inside `dir` (both taken literally, no symlink resolution).
-pub fn is_under(path: &Path, dir: &Path) -> bool {
-    path.starts_with(dir)
 }

@@ -82,8 +82,12 @@ pub async fn import_cancelled(
         let Ok(response) = response else {
             return;
         };
+        // supd reports progress now and then, not for every chunk: a quiet spell of 2 s after
+        // the last bytes went out also means it has taken them.
         let mut responses = response.into_inner();
-        while let Ok(Some(msg)) = responses.message().await {
+        while let Ok(Ok(Some(msg))) =
+            tokio::time::timeout(Duration::from_secs(2), responses.message()).await
+        {
             if let Some(api::import_response::Payload::Progress(p)) = msg.payload {
                 if p.bytes_received >= sent as i64 {
                     break;

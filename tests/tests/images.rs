@@ -50,8 +50,16 @@ async fn busybox_oci_archive_imports_lists_and_inspects(sn: &str) {
         .image(&image, name_annotations(BUSYBOX))
         .build();
 
-    let created = import_ok(&client, options(sn), &archive).await;
+    let opts = api::ImportOptions {
+        labels: [("team".to_string(), "tools".to_string())].into(),
+        ..options(sn)
+    };
+    let created = import_ok(&client, opts, &archive).await;
     assert_eq!(names(&created), BTreeSet::from([BUSYBOX.to_string()]));
+    assert_eq!(
+        created[0].labels.get("team").map(String::as_str),
+        Some("tools")
+    );
     let target = created[0].target.clone().unwrap();
     assert_eq!(target.digest, image.manifest_digest);
     assert_eq!(target.media_type, OCI_MANIFEST);

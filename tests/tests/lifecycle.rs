@@ -81,6 +81,15 @@ async fn a_second_supd_on_the_same_socket_refuses_and_leaves_it_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_supd_cleanly() {
     let mut daemon = Daemon::start().await;
+    let archive = OciArchive::new()
+        .image(&busybox_image(), name_annotations("example.com/work:1"))
+        .build();
+    {
+        let client = daemon.client().await;
+        for sn in sup_tests::SNAPSHOTTERS {
+            import_ok(&client, options(sn), &archive).await;
+        }
+    }
     let status = daemon.stop().unwrap();
     assert_eq!(
         status.code(),
@@ -89,6 +98,8 @@ async fn sigterm_stops_supd_cleanly() {
         daemon.log()
     );
     assert!(!daemon.socket().exists(), "the socket is removed on exit");
+    let mounts = sup_tests::mounts::mounts_under(daemon.dir()).unwrap();
+    assert!(mounts.is_empty(), "mounts left after exit: {mounts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

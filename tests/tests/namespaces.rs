@@ -11,7 +11,7 @@ use sup_tests::image::name_annotations;
 use sup_tests::model::image_tree;
 use sup_tests::rpc::{self, expect_code, import_ok, options};
 use sup_tests::view::view_image;
-use sup_tests::{Daemon, OciArchive};
+use sup_tests::{per_snapshotter, Daemon, OciArchive};
 use tonic::Code;
 
 const IMAGE: &str = "example.com/team/busybox:1";
@@ -194,8 +194,7 @@ async fn invalid_names_are_refused() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_and_content_are_isolated() {
+async fn images_and_content_are_isolated(sn: &str) {
     let daemon = Daemon::start().await;
     let a = daemon.client_ns("team-a").await;
     let b = daemon.client_ns("team-b").await;
@@ -203,7 +202,7 @@ async fn images_and_content_are_isolated() {
     let archive = OciArchive::new()
         .image(&image, name_annotations(IMAGE))
         .build();
-    import_ok(&a, options(""), &archive).await;
+    import_ok(&a, options(sn), &archive).await;
 
     // Importing into team-a brought the namespace into being.
     get(&a, "team-a").await.unwrap();
@@ -241,10 +240,10 @@ async fn images_and_content_are_isolated() {
     );
 
     // The same image in team-b is its own: deleting it from team-a leaves team-b's whole.
-    import_ok(&b, options(""), &archive).await;
+    import_ok(&b, options(sn), &archive).await;
     rpc::delete_image(&a, IMAGE).await.unwrap();
     rpc::assert_nothing_left(&a, "team-a after deleting its image").await;
-    let view = view_image(&daemon, &b, IMAGE, "").await;
+    let view = view_image(&daemon, &b, IMAGE, sn).await;
     view.tree()
         .assert_matches(&image_tree(&image), "team-b's copy");
 }
@@ -335,3 +334,5 @@ async fn delete_is_refused_while_the_namespace_holds_a_snapshot_or_a_blob() {
         .unwrap();
     delete(&root, "team-a").await.unwrap();
 }
+
+per_snapshotter!(images_and_content_are_isolated);

@@ -1,7 +1,9 @@
 //! The API from another language: Python modules generated from proto/ at test time drive a
 //! real supd (import, create, attach, start, wait, delete) through tests/python/run_container.py.
 //!
-//! The virtualenv with grpcio and grpcio-tools is made once under target/ and reused.
+//! The virtualenv with grpcio and grpcio-tools is made once under target/ and reused. The
+//! script also tries a channel with grpc-core's default options, which any Python user would
+//! start with; that check comes last.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

@@ -175,7 +175,10 @@ mod tests {
     fn reads_across_rotations_up_to_the_view() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogFile::create(&dir.path().join("x.log"), 120, 5).unwrap();
-        for (i, d) in [&b"a\n"[..], b"b\n", b"c\n", b"d\n", b"e"].iter().enumerate() {
+        for (i, d) in [&b"a\n"[..], b"b\n", b"c\n", b"d\n", b"e"]
+            .iter()
+            .enumerate()
+        {
             let mut out = Vec::new();
             format_chunk(
                 &Chunk {

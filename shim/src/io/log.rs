@@ -203,10 +203,7 @@ fn remove_all(path: &Path, max_files: u32) {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// The log file a CRI client asked for. The kubelet rotates it by renaming it and then asking

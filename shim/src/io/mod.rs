@@ -71,7 +71,11 @@ impl ProcessIo {
     }
 
     /// A terminal process's IO, around the pty master the runtime sent.
-    pub fn terminal(master: OwnedFd, stdin: bool, output: Arc<Output>) -> std::io::Result<ProcessIo> {
+    pub fn terminal(
+        master: OwnedFd,
+        stdin: bool,
+        output: Arc<Output>,
+    ) -> std::io::Result<ProcessIo> {
         let master = async_fd(master)?;
         let pump = tokio::spawn(pump(master.clone(), StreamKind::Stdout, output.clone()));
         Ok(ProcessIo {
@@ -129,16 +133,18 @@ impl ProcessIo {
     /// Lets go of the input side once the process has exited; the pumps keep draining.
     pub async fn release(&self) {
         self.stdin.lock().await.take();
-        self.master
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.master.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Stops the pumps (for a process that is forgotten while something, say a background
     /// child, still holds its output open).
     pub fn abort(&self) {
-        for p in self.pumps.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for p in self
+            .pumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             p.abort();
         }
     }
@@ -159,7 +165,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 fn async_fd(fd: OwnedFd) -> std::io::Result<Fd> {
     rustix::io::ioctl_fionbio(&fd, true)?;
-    Ok(Arc::new(AsyncFd::new(fd)?))
+    Ok(Arc::new(crate::sys::async_fd(fd)?))
 }
 
 /// Reads one chunk; `None` at the end. Kept out of the async code so the buffer lives on the

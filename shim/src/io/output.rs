@@ -64,7 +64,9 @@ impl Output {
         format_chunk(&chunk, &mut inner.scratch);
         let mut result = Ok(());
         if let Some(log) = &mut inner.log {
-            result = log.write(&inner.scratch).map_err(|e| (log.path().to_owned(), e));
+            result = log
+                .write(&inner.scratch)
+                .map_err(|e| (log.path().to_owned(), e));
         }
         if let Some(cri) = &mut inner.cri {
             let r = cri.write(&inner.scratch);
@@ -134,6 +136,65 @@ impl Output {
     pub fn remove_log(&self) {
         if let Some(log) = self.lock().log.take() {
             log.remove();
+        }
+    }
+}
+
+/// What a follower gets next.
+#[derive(Debug)]
+pub enum Next {
+    Chunk(Chunk),
+    /// It fell this many chunks behind and they are lost to it (not to the log).
+    Lagged(u64),
+    /// The process has exited and its output is drained.
+    End,
+}
+
+/// Follows live output until the process's exit is reported (which happens only once its
+/// output has drained, or a bounded time after), then hands out what is still buffered.
+pub struct Follower<T> {
+    live: Option<broadcast::Receiver<Chunk>>,
+    exited: watch::Receiver<Option<T>>,
+    exit_seen: bool,
+}
+
+impl<T> Follower<T> {
+    pub fn new(
+        live: Option<broadcast::Receiver<Chunk>>,
+        exited: watch::Receiver<Option<T>>,
+    ) -> Self {
+        Follower {
+            live,
+            exited,
+            exit_seen: false,
+        }
+    }
+
+    pub async fn next(&mut self) -> Next {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        loop {
+            if self.exit_seen {
+                return match self.live.as_mut().map(|l| l.try_recv()) {
+                    Some(Ok(c)) => Next::Chunk(c),
+                    Some(Err(TryRecvError::Lagged(n))) => Next::Lagged(n),
+                    _ => Next::End,
+                };
+            }
+            let Some(live) = self.live.as_mut() else {
+                // Every stream has ended; the exit is on its way.
+                let _ = self.exited.wait_for(|e| e.is_some()).await;
+                self.exit_seen = true;
+                continue;
+            };
+            tokio::select! {
+                biased;
+                r = live.recv() => match r {
+                    Ok(c) => return Next::Chunk(c),
+                    Err(RecvError::Lagged(n)) => return Next::Lagged(n),
+                    Err(RecvError::Closed) => self.live = None,
+                },
+                _ = self.exited.wait_for(|e| e.is_some()) => self.exit_seen = true,
+            }
         }
     }
 }

@@ -44,7 +44,12 @@ pub struct BadTransition {
 }
 
 impl Status {
-    fn to(self, action: &'static str, allowed: bool, next: Status) -> Result<Status, BadTransition> {
+    fn to(
+        self,
+        action: &'static str,
+        allowed: bool,
+        next: Status,
+    ) -> Result<Status, BadTransition> {
         if allowed {
             Ok(next)
         } else {

@@ -98,10 +98,15 @@ impl Events for EventsApi {
     ) -> RpcResult<Self::SubscribeStream> {
         let filter = Filter::parse(&req.into_inner().filters).map_err(status)?;
         let mut rx = self.0.events.subscribe();
+        let mut closing = self.0.events.closing();
         let (tx, out) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
-                let item = match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = closing.wait_for(|c| *c) => break,
+                };
+                let item = match received {
                     Ok(e) if filter.matches(&e) => Ok(envelope(&e)),
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(

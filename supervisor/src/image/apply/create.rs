@@ -94,6 +94,7 @@ impl Applier {
             Err(e) => return Err(fail(what(), e)),
         }
         let fd = open_dir(dir, name).map_err(|e| fail(what(), e))?;
+        xattr::retain_only(fd.as_fd(), &meta.xattrs)?;
         set_meta_fd(fd.as_fd(), meta, name)?;
         if opaque {
             xattr::set_opaque(fd.as_fd())?;

@@ -181,6 +181,30 @@ fn list(node: Node<'_>) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// Removes from the directory open as `dir` every xattr the layer's entry does not carry:
+/// an entry declares its whole metadata, so a directory that is kept across layers must not
+/// keep xattrs the new entry dropped. The overlay's own markers stay.
+pub(super) fn retain_only(dir: BorrowedFd<'_>, keep: &[(CString, Vec<u8>)]) -> Result<()> {
+    let names = match list(Node::Fd(dir)) {
+        Ok(n) => n,
+        Err(Errno::OPNOTSUPP) => return Ok(()),
+        Err(err) => return Err(io_err("listing xattrs", err)),
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if overlay_private(name) || keep.iter().any(|(k, _)| k.as_bytes() == name) {
+            continue;
+        }
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        match rustix::fs::fremovexattr(dir, &cname) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(err) => return Err(io_err("removing an xattr the layer dropped", err)),
+        }
+    }
+    Ok(())
+}
+
 /// Whether the directory open as `dir` is an overlayfs opaque directory.
 pub(super) fn is_opaque(dir: BorrowedFd<'_>) -> Result<bool> {
     let mut buf = [0u8; 2];
