@@ -45,6 +45,8 @@ pub struct Task {
     pub shim: Shim,
     /// An OOM kill was reported for this task.
     pub oom: AtomicBool,
+    /// The daemon is deleting the task: its shim going away is expected.
+    pub closing: AtomicBool,
 }
 
 impl Task {
@@ -278,6 +280,7 @@ impl Services {
             terminal,
             shim: client,
             oom: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }))
     }
 
@@ -335,6 +338,41 @@ impl Services {
                     None => {}
                 }
             }
+            // The stream ended: a delete in progress, or a shim that died.
+            if task.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            let alive = match task.client().info(()).await {
+                Ok(_) => true,
+                Err(_) => {
+                    match shim::connect(&shim::socket_path(&this.state, &task.ns, &task.id)).await {
+                        Ok(mut c) => c.info(()).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            };
+            if alive {
+                // Only the stream broke: follow the shim again.
+                this.watch(task);
+                return;
+            }
+            if task.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!(namespace = %task.ns, id = %task.id, "shim died; cleaning up its task");
+            let rec = TaskRecord {
+                namespace: task.ns.clone(),
+                id: task.id.clone(),
+                socket: shim::socket_path(&this.state, &task.ns, &task.id),
+                runtime: std::fs::read(task.dir.join("task.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<TaskRecord>(&b).ok())
+                    .map(|r| r.runtime)
+                    .unwrap_or_default(),
+                created_at: SystemTime::now(),
+            };
+            this.clean_dead(&task.dir, &rec, "shim died").await;
+            this.slot_remove(&task.ns, &task.id);
         });
     }
 
@@ -467,6 +505,7 @@ impl Services {
             }
         }
         let final_status = self.process_status(ns, id, "").await?;
+        task.closing.store(true, Ordering::Relaxed);
         let deleted = client
             .delete(sp::DeleteRequest {
                 exec_id: String::new(),

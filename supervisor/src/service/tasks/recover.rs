@@ -113,6 +113,7 @@ impl Services {
             terminal: st.terminal,
             shim: client,
             oom: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         });
         if let Ok(mut t) = self.tasks.table.lock() {
             t.insert(
