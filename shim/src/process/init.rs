@@ -50,8 +50,11 @@ impl Container {
         slot.creating = false;
         let (runc, init) = created?;
         let pid = init.pid();
-        slot.runc = Some(runc);
+        slot.runc = Some(runc.clone());
         slot.init = Some(init);
+        drop(slot);
+        // Watching from before the program starts: an OOM kill right at its start counts too.
+        self.watch_oom(&runc);
         Ok(pid)
     }
 
@@ -177,7 +180,6 @@ impl Container {
         if init.status() == Status::Created {
             init.transition(&self.ctx, Status::start)?;
         }
-        self.watch_oom(&runc);
         tracing::info!(pid = init.pid(), "container started");
         Ok(init.pid())
     }

@@ -103,6 +103,13 @@ pub const READONLY_PATHS: [&str; 5] = [
 /// program that raises its soft limit sees no surprise.
 const DEFAULT_NOFILE: u64 = 1_048_576;
 
+/// The default open-files limit, capped by the daemon's own hard limit: a host (or a
+/// sandbox around supd) may forbid raising it, and runc would then fail to start anything.
+fn default_nofile() -> u64 {
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    own.maximum.map_or(DEFAULT_NOFILE, |hard| hard.min(DEFAULT_NOFILE))
+}
+
 /// The capability set: the default (or all, when privileged), then "ALL" in cap_add or
 /// cap_drop, then the named additions, then the named drops.
 pub fn capabilities(
@@ -217,8 +224,8 @@ pub fn rlimits(overrides: &[(String, u64, u64)]) -> Result<Vec<PosixRlimit>> {
     let mut out = vec![built(
         PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .soft(DEFAULT_NOFILE)
-            .hard(DEFAULT_NOFILE)
+            .soft(default_nofile())
+            .hard(default_nofile())
             .build(),
     )?];
     for (name, soft, hard) in overrides {

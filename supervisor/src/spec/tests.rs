@@ -91,7 +91,9 @@ fn image_defaults_and_safe_defaults() {
         .clone()
         .unwrap();
     assert_eq!(caps, DEFAULT_CAPS.into_iter().collect());
-    assert_eq!(p.rlimits().as_ref().unwrap()[0].hard(), 1_048_576);
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let want = own.map_or(1_048_576, |h| h.min(1_048_576));
+    assert_eq!(p.rlimits().as_ref().unwrap()[0].hard(), want);
 
     assert_eq!(spec.hostname().as_deref(), Some("web"));
     let r = spec.root().as_ref().unwrap();
