@@ -7,10 +7,14 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use sup_proto::shim::{
     DeleteRequest, ExecRequest, KillRequest, StartRequest, StateRequest, UpdateRequest, WaitRequest,
 };
-use sup_proto::v1::TaskStatus;
+
+use sup_proto::v1::{attach_request, attach_response, AttachOptions, AttachRequest, TaskStatus};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 fn exec(id: &str, args: &[&str], terminal: bool) -> ExecRequest {
@@ -129,6 +133,13 @@ async fn exec_signals_pids_and_terminal() {
         .unwrap_err();
     assert_eq!(not_started.code(), Code::FailedPrecondition);
     let pid = c.start(start("sleeper")).await.unwrap().into_inner().pid;
+    let running = c
+        .delete(DeleteRequest {
+            exec_id: "sleeper".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(running.code(), Code::FailedPrecondition);
 
     let pids = c.pids(()).await.unwrap().into_inner().processes;
     assert!(pids
@@ -218,4 +229,123 @@ async fn pause_resume_update_and_stats() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+fn attach_options(exec_id: &str) -> AttachRequest {
+    AttachRequest {
+        payload: Some(attach_request::Payload::Options(AttachOptions {
+            container_id: String::new(),
+            exec_id: exec_id.into(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            logs: false,
+        })),
+    }
+}
+
+/// Collects an attach stream to its end: (output, exit status if an exit frame came).
+async fn collect(
+    mut stream: tonic::Streaming<sup_proto::v1::AttachResponse>,
+) -> (String, Option<u32>) {
+    let mut out = String::new();
+    let read = async {
+        while let Some(m) = stream.message().await.unwrap() {
+            match m.payload {
+                Some(attach_response::Payload::Output(o)) => {
+                    out.push_str(&String::from_utf8_lossy(&o.data))
+                }
+                Some(attach_response::Payload::Exit(e)) => return Some(e.exit_status),
+                None => {}
+            }
+        }
+        None
+    };
+    let exit = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("attach timed out");
+    (out, exit)
+}
+
+#[tokio::test]
+async fn attach_to_an_exec_before_it_starts() {
+    let mut f = Fixture::new("execattach", &["sleep", "1000"], false);
+    let mut c = f.shim(&[]).await;
+    f.run(&mut c, false, false).await;
+
+    c.exec(ExecRequest {
+        stdin: true,
+        ..exec("cat", &["sh", "-c", "echo started; cat"], false)
+    })
+    .await
+    .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(attach_options("cat")).await.unwrap();
+    let stream = c
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Input sent before the start waits in the pipe.
+    tx.send(AttachRequest {
+        payload: Some(attach_request::Payload::Stdin(b"early\n".to_vec())),
+    })
+    .await
+    .unwrap();
+    c.start(start("cat")).await.unwrap();
+    tx.send(AttachRequest {
+        payload: Some(attach_request::Payload::CloseStdin(true)),
+    })
+    .await
+    .unwrap();
+    let (out, exit) = collect(stream).await;
+    assert_eq!(exit, Some(0));
+    assert_eq!(out, "started\nearly\n");
+
+    // A terminal exec: its output from the very start reaches an early attacher.
+    c.exec(exec("t", &["sh", "-c", "echo hi from $(tty)"], true))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(attach_options("t")).await.unwrap();
+    let stream = c
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    c.start(start("t")).await.unwrap();
+    let (out, exit) = collect(stream).await;
+    assert_eq!(exit, Some(0));
+    assert!(out.starts_with("hi from /dev/pts/"), "{out:?}");
+
+    // Deleting an exec that never ran ends its attachers and waiters.
+    c.exec(exec("never", &["true"], false)).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(attach_options("never")).await.unwrap();
+    let stream = c
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut waiter = c.clone();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .wait(WaitRequest {
+                exec_id: "never".into(),
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.delete(DeleteRequest {
+        exec_id: "never".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(collect(stream).await, (String::new(), None));
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited.unwrap_err().code(), Code::NotFound);
+    drop(tx);
 }

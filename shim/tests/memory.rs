@@ -64,13 +64,25 @@ async fn idle_shim_memory() {
             "Threads:"
         ),
     );
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    for field in [
+        "Shared_Clean:",
+        "Private_Clean:",
+        "Private_Dirty:",
+        "Anonymous:",
+    ] {
+        println!("  {field} {} KiB", kib_field(&rollup, field));
+    }
     for child in children(pid) {
         let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{child}/smaps_rollup")).unwrap_or_default();
         println!(
-            "  child {child} ({}): VmRSS {} KiB, Pss {} KiB",
+            "  child {child} ({}): VmRSS {} KiB, Pss {} KiB, Anonymous {} KiB",
             String::from_utf8_lossy(&cmd).replace('\0', " ").trim(),
             status_kib(child, "VmRSS:"),
-            pss_kib(child)
+            pss_kib(child),
+            kib_field(&rollup, "Anonymous:")
         );
     }
     assert!(status_kib(pid, "VmRSS:") > 0);

@@ -148,7 +148,10 @@ impl World {
     pub fn note_pid(&self, pid: u32) {
         if let Some(start) = start_time(pid) {
             if let Ok(mut seen) = self.seen.lock() {
-                seen.push(Seen { pid, start });
+                let one = Seen { pid, start };
+                if !seen.contains(&one) {
+                    seen.push(one);
+                }
             }
         }
     }

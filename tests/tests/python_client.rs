@@ -168,4 +168,10 @@ async fn python_client_runs_a_container() {
         "{summary}"
     );
     world.finish().await;
+    // Last, so that the checks above report on their own: a stock grpc-core channel (no
+    // options) must work too. grpc-core sends the %-encoded socket path as :authority.
+    assert_eq!(
+        summary["default_channel"], "ok",
+        "a Python channel to unix:PATH with default options is refused by supd"
+    );
 }

@@ -110,7 +110,8 @@ impl Attached {
         } else {
             None
         };
-        let (detach_tx, mut detach) = oneshot::channel();
+        let (detach_tx, detach_rx) = oneshot::channel();
+        let mut detach = Some(detach_rx);
         if opts.stdin {
             let detach_keys = raw.then_some(detach_tx);
             spawn_stdin_reader(requests.clone(), opts.close_stdin, detach_keys);
@@ -135,7 +136,7 @@ impl Attached {
                         };
                     }
                 },
-                Ok(()) = &mut detach => return Ok(Relayed::Detached),
+                () = detach_requested(&mut detach) => return Ok(Relayed::Detached),
                 Some(()) = next_signal(&mut window) => send_window_size(&requests, &opts).await,
                 received = signals.next() => {
                     if received == Signal::SIGINT {
@@ -298,6 +299,18 @@ impl Signals {
 /// Fails with the exit code a death by `signal` gives, after the caller cleaned up.
 pub fn interrupted(signal: Signal) -> anyhow::Error {
     Exit(128u8.saturating_add(signal as u8)).into()
+}
+
+/// Resolves when the stdin reader saw the detach keys; never, once it is gone without them.
+async fn detach_requested(receiver: &mut Option<oneshot::Receiver<()>>) {
+    if let Some(pending) = receiver.as_mut() {
+        if pending.await.is_ok() {
+            return;
+        }
+    }
+    // A receiver that has answered must not be polled again.
+    *receiver = None;
+    std::future::pending().await
 }
 
 async fn next_signal(stream: &mut Option<SignalStream>) -> Option<()> {

@@ -8,6 +8,7 @@ pub mod log;
 pub mod output;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -35,6 +36,8 @@ pub struct ProcessIo {
     stdin: tokio::sync::Mutex<Option<Fd>>,
     master: Mutex<Option<Fd>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
+    wants_stdin: bool,
+    stdin_closed: AtomicBool,
 }
 
 impl ProcessIo {
@@ -61,6 +64,8 @@ impl ProcessIo {
             stdin: tokio::sync::Mutex::new(our_in),
             master: Mutex::new(None),
             pumps: Mutex::new(pumps),
+            wants_stdin: stdin,
+            stdin_closed: AtomicBool::new(false),
         };
         let child = ChildStdio {
             stdin: child_in,
@@ -70,24 +75,46 @@ impl ProcessIo {
         Ok((io, child))
     }
 
-    /// A terminal process's IO, around the pty master the runtime sent.
-    pub fn terminal(
-        master: OwnedFd,
-        stdin: bool,
-        output: Arc<Output>,
-    ) -> std::io::Result<ProcessIo> {
-        let master = async_fd(master)?;
-        let pump = tokio::spawn(pump(master.clone(), StreamKind::Stdout, output.clone()));
-        Ok(ProcessIo {
+    /// A terminal process's IO. The pty exists only once the runtime has started the process
+    /// and sent its master (`attach_master`); until then output is empty and input refused.
+    pub fn terminal(stdin: bool, output: Arc<Output>) -> ProcessIo {
+        ProcessIo {
             terminal: true,
             output,
-            stdin: tokio::sync::Mutex::new(stdin.then(|| master.clone())),
-            master: Mutex::new(Some(master)),
-            pumps: Mutex::new(vec![pump]),
-        })
+            stdin: tokio::sync::Mutex::new(None),
+            master: Mutex::new(None),
+            pumps: Mutex::new(Vec::new()),
+            wants_stdin: stdin,
+            stdin_closed: AtomicBool::new(false),
+        }
     }
 
-    /// Writes to the process's stdin. Fails if it has none or it was closed.
+    /// Takes the pty master the runtime sent, and starts draining it.
+    pub async fn attach_master(&self, master: OwnedFd) -> std::io::Result<()> {
+        let master = async_fd(master)?;
+        let pump = tokio::spawn(pump(
+            master.clone(),
+            StreamKind::Stdout,
+            self.output.clone(),
+        ));
+        self.pumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pump);
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(master.clone());
+        if self.wants_stdin {
+            if self.stdin_closed.load(Ordering::SeqCst) {
+                // Closed before the terminal existed: the process reads EOF first thing.
+                write_all(&master, &[TERMINAL_EOF]).await?;
+            } else {
+                *self.stdin.lock().await = Some(master);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes to the process's stdin. Fails if it has none, it was closed, or (a terminal)
+    /// the process has not started.
     pub async fn write_stdin(&self, data: &[u8]) -> std::io::Result<()> {
         let stdin = self.stdin.lock().await;
         match stdin.as_ref() {
@@ -102,6 +129,7 @@ impl ProcessIo {
     /// Closes stdin: the process reads EOF. A terminal has no separate input channel, so it
     /// gets the terminal's end-of-input character instead.
     pub async fn close_stdin(&self) {
+        self.stdin_closed.store(true, Ordering::SeqCst);
         let mut stdin = self.stdin.lock().await;
         if let Some(fd) = stdin.take() {
             if self.terminal {
@@ -110,15 +138,15 @@ impl ProcessIo {
         }
     }
 
-    pub fn has_stdin(&self) -> bool {
-        self.stdin.try_lock().map(|s| s.is_some()).unwrap_or(true)
-    }
-
     /// Sets the terminal's size.
     pub fn resize(&self, width: u16, height: u16) -> Result<(), ResizeError> {
         let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
         let Some(fd) = master.as_ref() else {
-            return Err(ResizeError::NoTerminal);
+            return Err(if self.terminal {
+                ResizeError::NotStarted
+            } else {
+                ResizeError::NoTerminal
+            });
         };
         let size = Winsize {
             ws_row: height,
@@ -154,6 +182,8 @@ impl ProcessIo {
 pub enum ResizeError {
     #[error("the process has no terminal")]
     NoTerminal,
+    #[error("the process's terminal does not exist until it starts")]
+    NotStarted,
     #[error("setting the terminal size: {0}")]
     Io(std::io::Error),
 }

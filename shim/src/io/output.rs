@@ -150,22 +150,20 @@ pub enum Next {
     End,
 }
 
-/// Follows live output until the process's exit is reported (which happens only once its
-/// output has drained, or a bounded time after), then hands out what is still buffered.
-pub struct Follower<T> {
+/// Follows live output until the process is finished: its exit reported (which happens only
+/// once its output has drained, or a bounded time after) or itself deleted unstarted; then
+/// hands out what is still buffered.
+pub struct Follower {
     live: Option<broadcast::Receiver<Chunk>>,
-    exited: watch::Receiver<Option<T>>,
+    finished: watch::Receiver<bool>,
     exit_seen: bool,
 }
 
-impl<T> Follower<T> {
-    pub fn new(
-        live: Option<broadcast::Receiver<Chunk>>,
-        exited: watch::Receiver<Option<T>>,
-    ) -> Self {
+impl Follower {
+    pub fn new(live: Option<broadcast::Receiver<Chunk>>, finished: watch::Receiver<bool>) -> Self {
         Follower {
             live,
-            exited,
+            finished,
             exit_seen: false,
         }
     }
@@ -182,7 +180,7 @@ impl<T> Follower<T> {
             }
             let Some(live) = self.live.as_mut() else {
                 // Every stream has ended; the exit is on its way.
-                let _ = self.exited.wait_for(|e| e.is_some()).await;
+                let _ = self.finished.wait_for(|f| *f).await;
                 self.exit_seen = true;
                 continue;
             };
@@ -193,7 +191,7 @@ impl<T> Follower<T> {
                     Err(RecvError::Lagged(n)) => return Next::Lagged(n),
                     Err(RecvError::Closed) => self.live = None,
                 },
-                _ = self.exited.wait_for(|e| e.is_some()) => self.exit_seen = true,
+                _ = self.finished.wait_for(|f| *f) => self.exit_seen = true,
             }
         }
     }

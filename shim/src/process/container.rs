@@ -149,16 +149,18 @@ impl Container {
 
     pub async fn wait(&self, exec_id: &str) -> Result<Exit> {
         let p = self.process(exec_id)?;
-        Ok(p.wait().await)
+        p.wait().await.ok_or_else(|| {
+            Error::NotFound(format!("{}: deleted before it ran", p.describe(&self.ctx)))
+        })
     }
 
-    /// The process's IO, once it has been started (the init's: once created).
+    /// The process's IO: it exists from Create (the init) or Exec on.
     pub fn io(&self, exec_id: &str) -> Result<(Arc<Process>, Arc<ProcessIo>)> {
         let p = self.process(exec_id)?;
         match p.io() {
             Some(io) => Ok((p, io)),
             None => Err(Error::FailedPrecondition(format!(
-                "{}: not started",
+                "{}: has no stdio",
                 p.describe(&self.ctx)
             ))),
         }
@@ -175,7 +177,7 @@ impl Container {
         };
         let (p, io) = self.io(exec_id)?;
         io.resize(w, h).map_err(|e| match e {
-            ResizeError::NoTerminal => {
+            ResizeError::NoTerminal | ResizeError::NotStarted => {
                 Error::FailedPrecondition(format!("{}: {e}", p.describe(&self.ctx)))
             }
             ResizeError::Io(source) => Error::io(p.describe(&self.ctx), source),

@@ -56,10 +56,32 @@ impl Container {
             // id cannot overwrite it.
             slot.execs.insert(exec_id.to_string(), p.clone());
         }
-        let path = self.path(&format!("{}.json", p.stem()));
-        if let Err(e) = write_atomic(&path, process) {
+        if let Err(e) = self.prepare_exec(&p, process) {
             self.slot().execs.remove(exec_id);
-            return Err(Error::io(format!("writing {}", path.display()), e));
+            p.finish();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes the spec for the runtime and sets up the stdio, so that an attacher can connect
+    /// before Start and miss nothing.
+    fn prepare_exec(&self, p: &Process, process: &[u8]) -> Result<()> {
+        let ctx = &self.ctx;
+        let stem = p.stem();
+        let path = self.path(&format!("{stem}.json"));
+        write_atomic(&path, process)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        let log_path = self.log_path(&stem);
+        let log = LogFile::create(&log_path, ctx.log_max_size, ctx.log_max_files)
+            .map_err(|e| Error::io(format!("creating the log {}", log_path.display()), e))?;
+        let output = Output::new(log, None, if p.terminal { 1 } else { 2 });
+        if p.terminal {
+            p.set_io(Arc::new(ProcessIo::terminal(p.stdin, output)), None);
+        } else {
+            let (io, stdio) = ProcessIo::pipes(p.stdin, output)
+                .map_err(|e| Error::io("creating the stdio pipes", e))?;
+            p.set_io(Arc::new(io), Some(stdio));
         }
         Ok(())
     }
@@ -83,16 +105,15 @@ impl Container {
             )));
         }
         let stem = p.stem();
-        let log_path = self.log_path(&stem);
-        let log = LogFile::create(&log_path, ctx.log_max_size, ctx.log_max_files)
-            .map_err(|e| Error::io(format!("creating the log {}", log_path.display()), e))?;
-        let output = Output::new(log, None, if p.terminal { 1 } else { 2 });
         let spec = self.path(&format!("{stem}.json"));
         let pid_file = self.path(&format!("{stem}.pid"));
         let _ = std::fs::remove_file(&pid_file);
+        let io = p
+            .io()
+            .ok_or_else(|| Error::Internal(format!("{}: no stdio", p.describe(ctx))))?;
 
         let since = ctx.reaper.token();
-        let io = if p.terminal {
+        if p.terminal {
             let console =
                 ConsoleSocket::bind().map_err(|e| Error::io("binding the console socket", e))?;
             let run = runc.exec(
@@ -103,17 +124,22 @@ impl Container {
                 ChildStdio::default(),
             );
             let master = with_console(&console, run).await?;
-            ProcessIo::terminal(master, p.stdin, output)
-                .map_err(|e| Error::io("setting up the terminal", e))?
+            io.attach_master(master)
+                .await
+                .map_err(|e| Error::io("setting up the terminal", e))?;
         } else {
-            let (io, stdio) = ProcessIo::pipes(p.stdin, output)
-                .map_err(|e| Error::io("creating the stdio pipes", e))?;
+            // The runtime takes the process's pipe ends; a failed start cannot be retried.
+            let stdio = p.take_pending_stdio().ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "{}: an earlier start failed; delete it and exec again",
+                    p.describe(ctx)
+                ))
+            })?;
             runc.exec(&ctx.id, &spec, &pid_file, None, stdio).await?;
-            io
-        };
+        }
         let pid = read_pid(&pid_file)?;
         p.transition(ctx, Status::start)?;
-        p.track(ctx, pid, Arc::new(io), since);
+        p.track(ctx, pid, since);
         tracing::info!(exec_id = %p.exec_id, pid, "process started");
         Ok(pid)
     }
@@ -141,6 +167,7 @@ impl Container {
             io.abort();
             io.output.remove_log();
         }
+        p.finish();
         let _ = std::fs::remove_file(self.path(&format!("{stem}.json")));
         let _ = std::fs::remove_file(self.path(&format!("{stem}.pid")));
         exit::remove(&self.ctx.task_dir, &stem);

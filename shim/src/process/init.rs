@@ -125,39 +125,53 @@ impl Container {
         let pid_file = self.path("init.pid");
         let _ = std::fs::remove_file(&pid_file);
 
-        let since = ctx.reaper.token();
-        let io = if spec.terminal {
-            let console =
-                ConsoleSocket::bind().map_err(|e| Error::io("binding the console socket", e))?;
-            let created = runc.create(
-                &ctx.id,
-                &spec.bundle,
-                &pid_file,
-                Some(console.path()),
-                ChildStdio::default(),
-            );
-            let master = with_console(&console, created).await;
-            let master = self.undo_create_on_error(&runc, master).await?;
-            ProcessIo::terminal(master, spec.stdin, output)
-                .map_err(|e| Error::io("setting up the terminal", e))
+        let (io, stdio) = if spec.terminal {
+            (ProcessIo::terminal(spec.stdin, output), None)
         } else {
             let (io, stdio) = ProcessIo::pipes(spec.stdin, output)
                 .map_err(|e| Error::io("creating the stdio pipes", e))?;
-            let created = runc
+            (io, Some(stdio))
+        };
+        let io = Arc::new(io);
+        let since = ctx.reaper.token();
+        let created = match stdio {
+            Some(stdio) => runc
                 .create(&ctx.id, &spec.bundle, &pid_file, None, stdio)
                 .await
-                .map_err(Error::from);
-            self.undo_create_on_error(&runc, created).await?;
-            Ok(io)
+                .map_err(Error::from),
+            None => self.create_with_terminal(&runc, spec, &pid_file, &io).await,
         };
-        let io = self.undo_create_on_error(&runc, io).await?;
+        self.undo_create_on_error(&runc, created).await?;
         let pid = self
             .undo_create_on_error(&runc, read_pid(&pid_file))
             .await?;
         let init = Process::new("", spec.terminal, spec.stdin);
-        init.track(ctx, pid, Arc::new(io), since);
+        init.set_io(io, None);
+        init.track(ctx, pid, since);
         tracing::info!(pid, "container created");
         Ok((runc, init))
+    }
+
+    async fn create_with_terminal(
+        &self,
+        runc: &Runc,
+        spec: &CreateSpec,
+        pid_file: &std::path::Path,
+        io: &ProcessIo,
+    ) -> Result<()> {
+        let console =
+            ConsoleSocket::bind().map_err(|e| Error::io("binding the console socket", e))?;
+        let created = runc.create(
+            &self.ctx.id,
+            &spec.bundle,
+            pid_file,
+            Some(console.path()),
+            ChildStdio::default(),
+        );
+        let master = with_console(&console, created).await?;
+        io.attach_master(master)
+            .await
+            .map_err(|e| Error::io("setting up the terminal", e))
     }
 
     /// Removes what a failed create may have left in the runtime.
@@ -225,14 +239,13 @@ impl Container {
     async fn delete_runtime(&self, runc: &Runc, init: &Process) -> Result<Exit> {
         runc.delete(&self.ctx.id, true).await?;
         // A created init dies of the runtime's delete; its exit still comes through the reaper.
-        tokio::time::timeout(DELETE_EXIT_TIMEOUT, init.wait())
-            .await
-            .map_err(|_| {
-                Error::Internal(format!(
-                    "{}: still not exited after the runtime deleted it",
-                    init.describe(&self.ctx)
-                ))
-            })
+        let exit = tokio::time::timeout(DELETE_EXIT_TIMEOUT, init.wait()).await;
+        exit.ok().flatten().ok_or_else(|| {
+            Error::Internal(format!(
+                "{}: still not exited after the runtime deleted it",
+                init.describe(&self.ctx)
+            ))
+        })
     }
 
     pub async fn pause(&self) -> Result<()> {

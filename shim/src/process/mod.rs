@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, watch};
 use crate::error::{Error, Result};
 use crate::io::ProcessIo;
 use crate::reaper::{Reaper, Token};
+use crate::runc::ChildStdio;
 pub use container::{Container, CreateSpec, ProcessSummary};
 use exit::Exit;
 use state::Status;
@@ -57,7 +58,9 @@ pub struct Process {
     pub terminal: bool,
     pub stdin: bool,
     state: Mutex<ProcState>,
-    exited: watch::Sender<Option<Exit>>,
+    /// True once the process has exited (and its exit is recorded) or was deleted unstarted:
+    /// nothing more will come from it.
+    finished: watch::Sender<bool>,
 }
 
 struct ProcState {
@@ -69,6 +72,9 @@ struct ProcState {
     /// A start or delete is under way.
     busy: bool,
     io: Option<Arc<ProcessIo>>,
+    /// The process-side pipe ends, from Exec until the runtime takes them at Start.
+    pending_stdio: Option<ChildStdio>,
+    exit: Option<Exit>,
 }
 
 impl Process {
@@ -83,8 +89,10 @@ impl Process {
                 reaped: false,
                 busy: false,
                 io: None,
+                pending_stdio: None,
+                exit: None,
             }),
-            exited: watch::channel(None).0,
+            finished: watch::channel(false).0,
         })
     }
 
@@ -128,25 +136,36 @@ impl Process {
 
     /// The exit, once it has been reported.
     pub fn exit(&self) -> Option<Exit> {
-        *self.exited.borrow()
+        self.lock().exit
     }
 
-    /// Watches for the reported exit.
-    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
-        self.exited.subscribe()
+    /// Watches for the process to be finished (see `finished`).
+    pub fn finished_watch(&self) -> watch::Receiver<bool> {
+        self.finished.subscribe()
     }
 
-    pub async fn wait(&self) -> Exit {
-        let mut rx = self.exited.subscribe();
-        loop {
-            if let Some(exit) = *rx.borrow_and_update() {
-                return exit;
-            }
-            if rx.changed().await.is_err() {
-                // The sender lives as long as the process: unreachable in practice.
-                std::future::pending::<()>().await;
-            }
-        }
+    /// Waits for the exit; `None` if the process was deleted without having run.
+    pub async fn wait(&self) -> Option<Exit> {
+        let mut rx = self.finished.subscribe();
+        // The sender lives as long as the process, so this cannot fail while we hold it.
+        let _ = rx.wait_for(|f| *f).await;
+        self.exit()
+    }
+
+    fn set_io(&self, io: Arc<ProcessIo>, pending: Option<ChildStdio>) {
+        let mut st = self.lock();
+        st.io = Some(io);
+        st.pending_stdio = pending;
+    }
+
+    fn take_pending_stdio(&self) -> Option<ChildStdio> {
+        self.lock().pending_stdio.take()
+    }
+
+    /// Ends a process the shim forgets: anyone waiting on it stops waiting.
+    fn finish(&self) {
+        self.lock().pending_stdio = None;
+        self.finished.send_replace(true);
     }
 
     /// Applies a transition, naming the process in the error.
@@ -195,14 +214,10 @@ impl Process {
         self.lock().busy = false;
     }
 
-    /// Gives a process that now exists its pid and IO, and watches for its exit (which may
-    /// already have happened: `since` was taken before the runtime was asked to start it).
-    fn track(self: &Arc<Self>, ctx: &Arc<Context>, pid: u32, io: Arc<ProcessIo>, since: Token) {
-        {
-            let mut st = self.lock();
-            st.pid = pid;
-            st.io = Some(io);
-        }
+    /// Gives a process that now exists its pid, and watches for its exit (which may already
+    /// have happened: `since` was taken before the runtime was asked to start it).
+    fn track(self: &Arc<Self>, ctx: &Arc<Context>, pid: u32, since: Token) {
+        self.lock().pid = pid;
         let process = self.clone();
         let ctx2 = ctx.clone();
         ctx.reaper.on_exit(pid as i32, since, move |code| {
@@ -239,8 +254,9 @@ impl Process {
                 Ok(s) => st.status = s,
                 Err(e) => tracing::warn!(exec_id = %self.exec_id, error = %e, "unexpected exit"),
             }
+            st.exit = Some(exit);
         }
-        self.exited.send_replace(Some(exit));
+        self.finished.send_replace(true);
         let _ = ctx.events.send(Event::Exit {
             exec_id: self.exec_id.clone(),
             exit,

@@ -56,7 +56,7 @@ fn since_time(ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
 }
 
 /// Waits for the next live chunk, or for the shim to shut down (then: the end).
-async fn next_live<T>(f: &mut Follower<T>, shutdown: &mut watch::Receiver<bool>) -> Next {
+async fn next_live(f: &mut Follower, shutdown: &mut watch::Receiver<bool>) -> Next {
     tokio::select! {
         n = f.next() => n,
         _ = shutdown.wait_for(|s| *s) => Next::End,
@@ -84,7 +84,7 @@ pub fn logs(
         .select(Filter { tail, since })
         .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let mut follower = Follower::new(view.live, process.exit_watch());
+    let mut follower = Follower::new(view.live, process.finished_watch());
     tokio::spawn(async move {
         for r in records {
             let msg = r
@@ -155,7 +155,7 @@ pub async fn attach(
         StreamKind::Stdout => opts.stdout,
         StreamKind::Stderr => opts.stderr,
     };
-    let mut follower = Follower::new(view.live, process.exit_watch());
+    let mut follower = Follower::new(view.live, process.finished_watch());
     tokio::spawn(async move {
         let _stop_input = AbortOnDrop(input);
         for r in replay.into_iter().flatten() {
