@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "sup/v1/containers.proto",
         "sup/v1/tasks.proto",
         "sup/v1/events.proto",
+        "sup/v1/leases.proto",
         "sup/shim/v1/shim.proto",
     ];
     for f in files {

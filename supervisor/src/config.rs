@@ -18,6 +18,26 @@ pub struct Config {
     /// Snapshotter used when a request names none: "overlayfs" or "native".
     pub default_snapshotter: String,
     pub log: LogConfig,
+    pub gc: GcConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Seconds between background collections; 0 turns them off.
+    pub interval_seconds: u64,
+    /// Seconds unreferenced content is kept before the background collector takes it (a
+    /// client may be about to name it in an image).
+    pub grace_seconds: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_seconds: 600,
+            grace_seconds: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +57,7 @@ impl Default for Config {
             address: PathBuf::from("/run/sup/sup.sock"),
             default_snapshotter: "overlayfs".to_string(),
             log: LogConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }

@@ -99,6 +99,7 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         default_snapshotter,
         events: Exchange::new(),
         tasks: Default::default(),
+        gc_lock: Default::default(),
     })
 }
 

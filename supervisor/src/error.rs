@@ -24,6 +24,12 @@ pub enum Error {
     Internal(String),
     #[error("{0}")]
     Cancelled(String),
+    /// Credentials refused, or access to a remote resource (a registry) denied.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Data that came from elsewhere is corrupt: a blob whose digest or size does not match.
+    #[error("{0}")]
+    DataLoss(String),
 }
 
 impl Error {
@@ -72,6 +78,8 @@ impl Error {
             Error::ResourceExhausted(m) => Error::ResourceExhausted(wrap(m)),
             Error::Internal(m) => Error::Internal(wrap(m)),
             Error::Cancelled(m) => Error::Cancelled(wrap(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(wrap(m)),
+            Error::DataLoss(m) => Error::DataLoss(wrap(m)),
         }
     }
 

@@ -112,6 +112,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if reconnected + cleaned > 0 {
         tracing::info!(reconnected, cleaned, "tasks recovered");
     }
+    // What a crash left half-made is garbage now: nothing can be working on it.
+    match services
+        .gc(std::time::Duration::from_secs(cfg.gc.grace_seconds))
+        .await
+    {
+        Ok(stats) => tracing::debug!(?stats, "start-up collection"),
+        Err(e) => tracing::warn!(error = %e, "start-up garbage collection failed"),
+    }
+    if cfg.gc.interval_seconds > 0 {
+        services.gc_background(
+            std::time::Duration::from_secs(cfg.gc.interval_seconds),
+            std::time::Duration::from_secs(cfg.gc.grace_seconds),
+        );
+    }
     let listener = daemon::bind(&cfg.address)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

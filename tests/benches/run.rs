@@ -2,7 +2,8 @@
 //! `runc run` of a prepared busybox bundle versus `supctl run --rm` through supd (medians and
 //! their ratio), 50 detached starts, and the memory (RSS, PSS) of supd and of the shims while
 //! 50 containers run. `cargo bench -p sup-tests --bench run`; SUP_BENCH_RUNS and
-//! SUP_BENCH_CONTAINERS change the counts.
+//! SUP_BENCH_CONTAINERS change the counts, SUP_BIN_DIR picks the binaries (otherwise the newer
+//! complete build of target/release and target/debug).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,7 +180,10 @@ fn remove_cgroup_parent(name: &str) {
 async fn bench() {
     let runs = count("SUP_BENCH_RUNS", 20).max(1);
     let containers = count("SUP_BENCH_CONTAINERS", 50).max(1);
-    let (bins, why) = choose_binaries();
+    let (bins, why) = match std::env::var_os("SUP_BIN_DIR") {
+        Some(dir) => (PathBuf::from(dir), "from SUP_BIN_DIR"),
+        None => choose_binaries(),
+    };
     // Read by the harness when it starts supd and supctl.
     std::env::set_var("SUP_BIN_DIR", &bins);
     println!("binaries: {} ({why})", bins.display());

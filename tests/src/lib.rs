@@ -7,6 +7,7 @@
 
 pub mod bins;
 pub mod busybox;
+pub mod chaos;
 pub mod daemon;
 pub mod digest;
 pub mod image;

@@ -22,8 +22,8 @@ mod host;
 
 pub use attach::{Attached, Captured};
 pub use host::{
-    ancestry, cgroup_children, cgroup_ns_dirs, cmdline, container_cgroups, exe_name, parent_pid,
-    proc_state, rss_pss_kib, shim_pids, start_time,
+    ancestry, cgroup_children, cgroup_ns_dirs, cmdline, exe_name, parent_pid, rss_pss_kib,
+    shim_pids, start_time,
 };
 use host::{cgroup_pids, list_dir, remove_cgroups, thaw};
 

@@ -126,8 +126,8 @@ impl Attached {
                     },
                     // A payload this client does not know, from a newer daemon.
                     Ok(Some(_)) => {}
-                    // The stream ended without the exit frame (the daemon closes it this way
-                    // when the process exited before it could say so): ask for the exit.
+                    // The stream ended without the exit frame (the process exited before the
+                    // attach was wired up, or the daemon let go of it): ask for the exit.
                     Ok(None) => return wait(&mut tasks, &opts).await.map(Relayed::Exited),
                     Err(status) => {
                         return match wait(&mut tasks, &opts).await {
@@ -142,10 +142,13 @@ impl Attached {
                     if received == Signal::SIGINT {
                         interrupts += 1;
                         if interrupts >= INTERRUPTS_BEFORE_DETACH {
+                            // After the terminal's echoed ^C, not glued to it.
+                            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n");
                             return Err(anyhow::anyhow!(
                                 "left {} running after {interrupts} interrupts \
-                                 (stop it with supctl tasks kill)",
-                                process_name(&opts)
+                                 (stop it with: supctl tasks kill -s KILL {})",
+                                process_name(&opts),
+                                kill_args(&opts)
                             ));
                         }
                     }
@@ -197,9 +200,20 @@ pub fn conclude(name: &str, relayed: &Relayed) -> anyhow::Result<()> {
     match relayed {
         Relayed::Exited(exit) => finish(name, exit),
         Relayed::Detached => {
+            // The cursor sits where the process left it, mid-line as often as not.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n");
             report(&anyhow::anyhow!("detached from {name}; it keeps running"));
             Ok(())
         }
+    }
+}
+
+/// The `tasks kill` arguments that name the process.
+fn kill_args(opts: &StdioOptions) -> String {
+    if opts.exec_id.is_empty() {
+        opts.container_id.clone()
+    } else {
+        format!("--exec-id {} {}", opts.exec_id, opts.container_id)
     }
 }
 
@@ -491,7 +505,6 @@ pub fn finish(name: &str, exit: &WaitResponse) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-#[path = "stdio_tests.rs"]
 mod relay_tests;
 
 #[cfg(test)]
@@ -551,7 +564,9 @@ mod tests {
             tty: false,
         };
         assert_eq!(process_name(&opts), "container t1");
+        assert_eq!(kill_args(&opts), "t1");
         opts.exec_id = "e1".into();
         assert_eq!(process_name(&opts), "process e1 of container t1");
+        assert_eq!(kill_args(&opts), "--exec-id e1 t1");
     }
 }

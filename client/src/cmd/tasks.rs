@@ -245,10 +245,13 @@ fn deleted_json(d: &DeleteResponse) -> Value {
     })
 }
 
-/// A cgroup limit, or "-" for none: cgroup v2 says "max", which reaches us as 0 or as a
-/// number too large to be a real limit.
+/// Limits from this size up mean "none": cgroup v1 writes "no limit" as the largest
+/// page-aligned i64 (0x7FFFFFFFFFFFF000), v2's "max" may reach us as u64::MAX.
+const UNLIMITED: u64 = 1 << 62;
+
+/// A cgroup limit, or `None` for no limit (0, or one of the huge "no limit" values).
 fn limit_text(limit: u64, show: impl Fn(u64) -> String) -> Option<String> {
-    (limit != 0 && limit < i64::MAX as u64).then(|| show(limit))
+    (limit != 0 && limit < UNLIMITED).then(|| show(limit))
 }
 
 fn size_text(bytes: u64) -> String {
@@ -371,7 +374,7 @@ mod tests {
             container_id: "b".into(),
             memory: Some(MemoryStats {
                 usage: 100,
-                limit: u64::MAX,
+                limit: 0x7FFF_FFFF_FFFF_F000,
                 ..Default::default()
             }),
             pids: Some(PidsStats {

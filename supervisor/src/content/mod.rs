@@ -361,6 +361,21 @@ impl ContentStore {
         Ok(true)
     }
 
+    /// Removes temporary files of one-shot blob writes (`write_blob`) that a crash left. Call
+    /// only when no such write can be running (garbage collection holds its lock).
+    pub fn remove_stale_temp_files(&self) -> Result<()> {
+        let dir = self.inner.dir.join("ingest");
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("listing ingests", e))?;
+        for e in entries.flatten() {
+            let is_temp = e.file_name().to_string_lossy().starts_with("blob-")
+                && e.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if is_temp {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
     // ----- resumable writes by ref -----
 
     fn ingest_dir(&self, ns: &str, r: &str) -> PathBuf {

@@ -25,6 +25,8 @@ pub fn status(err: Error) -> Status {
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Internal(_) => Code::Internal,
         Error::Cancelled(_) => Code::Cancelled,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::DataLoss(_) => Code::DataLoss,
     };
     if code == Code::Internal {
         tracing::error!(error = %err, "internal error");

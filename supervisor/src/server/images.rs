@@ -301,6 +301,8 @@ impl Images for ImagesApi {
 
         let services = self.0.clone();
         tokio::spawn(async move {
+            let gc = services.clone();
+            let _importing = gc.gc_lock.read().await;
             let tx = out_tx.clone();
             let count = received.clone();
             let job = tokio::task::spawn_blocking(move || {

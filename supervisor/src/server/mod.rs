@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use sup_proto::v1::{
     containers_server::ContainersServer, content_server::ContentServer,
-    events_server::EventsServer, images_server::ImagesServer, namespaces_server::NamespacesServer,
+    events_server::EventsServer, gc_server::GcServer, images_server::ImagesServer,
+    leases_server::LeasesServer, namespaces_server::NamespacesServer,
     snapshots_server::SnapshotsServer, tasks_server::TasksServer, version_server::VersionServer,
 };
 use tokio::net::UnixListener;
@@ -20,6 +21,7 @@ pub mod content;
 pub mod convert;
 pub mod events;
 pub mod images;
+pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
 pub mod tasks;
@@ -44,6 +46,8 @@ pub async fn serve(
         "sup.v1.Events",
         "sup.v1.Containers",
         "sup.v1.Tasks",
+        "sup.v1.Leases",
+        "sup.v1.Gc",
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -95,6 +99,8 @@ pub async fn serve(
         .add_service(SnapshotsServer::new(snapshots::SnapshotsApi(s.clone())))
         .add_service(EventsServer::new(events::EventsApi(s.clone())))
         .add_service(ContainersServer::new(containers::ContainersApi(s.clone())))
+        .add_service(LeasesServer::new(leases::LeasesApi(s.clone())))
+        .add_service(GcServer::new(leases::GcApi(s.clone())))
         .add_service(
             TasksServer::new(tasks::TasksApi(s.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

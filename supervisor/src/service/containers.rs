@@ -138,6 +138,7 @@ impl Services {
         ns: &str,
         new: NewContainer,
     ) -> Result<Container> {
+        let _creating = self.gc_lock.read().await;
         validate_id("container", &new.id)?;
         labels::validate(&new.labels)?;
         let key = Self::container_key(ns, &new.id);
@@ -172,7 +173,7 @@ impl Services {
             let present = |d: &str| self.content.has(ns, d);
             let resolved = self.resolve(&img.target, None, &present)?;
             image_config = resolved.config_json.clone();
-            chain = Some(self.image_unpack(ns, &image, &sname, None).await?);
+            chain = Some(self.unpack_locked(ns, &image, &sname, None).await?);
         }
 
         // The root filesystem: the caller's snapshot, or a new one over the image.
@@ -183,8 +184,8 @@ impl Services {
                 new.id.clone(),
                 chain.clone(),
             );
-            tokio::task::spawn_blocking(move || s.prepare(&n, &k, p.as_deref(), Labels::new()))
-                .await??;
+            let labels = Labels::from([(super::gc::LABEL_CONTAINER.to_string(), k.clone())]);
+            tokio::task::spawn_blocking(move || s.prepare(&n, &k, p.as_deref(), labels)).await??;
             (new.id.clone(), true)
         } else {
             let (s, n, k) = (

@@ -12,7 +12,9 @@ use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
 pub mod containers;
+pub mod gc;
 pub mod images;
+pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
 pub mod tasks;
@@ -27,6 +29,8 @@ pub struct Services {
     pub default_snapshotter: String,
     pub events: Exchange,
     pub tasks: tasks::Tasks,
+    /// Held for reading by work that creates objects, for writing by garbage collection.
+    pub gc_lock: tokio::sync::RwLock<()>,
 }
 
 impl Services {

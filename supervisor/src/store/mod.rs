@@ -16,6 +16,8 @@
 //!   <ns>/<name>                           -> ImageRecord          name -> target descriptor
 //! tree "containers"
 //!   <ns>/<id>                             -> ContainerRecord
+//! tree "leases"
+//!   <ns>/<id>                             -> LeaseRecord          labels, expiry, resources
 //! tree "snapshots"                        owned by `store::snapshots`
 //!   <snapshotter>/<ns>/<key>              -> SnapshotRecord       id, kind, parent key, labels
 //!   "\0next_id"                           -> u64 (big endian)      next snapshot data id
@@ -46,6 +48,7 @@ pub struct Store {
     pub content: sled::Tree,
     pub images: sled::Tree,
     pub containers: sled::Tree,
+    pub leases: sled::Tree,
     pub snapshots: sled::Tree,
 }
 
@@ -80,6 +83,7 @@ impl Store {
             content: db.open_tree("content")?,
             images: db.open_tree("images")?,
             containers: db.open_tree("containers")?,
+            leases: db.open_tree("leases")?,
             snapshots: db.open_tree("snapshots")?,
             db,
         })
@@ -205,4 +209,16 @@ pub struct ContainerRecord {
     pub extensions: std::collections::BTreeMap<String, Vec<u8>>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+}
+
+/// A lease: what it protects, until when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    #[serde(default)]
+    pub expires_at: Option<SystemTime>,
+    /// (type, id): ("content", digest) or ("snapshots/<snapshotter>", key).
+    #[serde(default)]
+    pub resources: Vec<(String, String)>,
 }

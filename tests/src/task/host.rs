@@ -21,11 +21,6 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_field(pid, 22)?.parse().ok()
 }
 
-/// The process's state letter (R, S, Z...).
-pub fn proc_state(pid: u32) -> Option<String> {
-    stat_field(pid, 3)
-}
-
 pub fn parent_pid(pid: u32) -> Option<u32> {
     stat_field(pid, 4)?.parse().ok()
 }
@@ -105,15 +100,6 @@ pub fn cgroup_children(ns: &str) -> Vec<PathBuf> {
     cgroup_ns_dirs(ns)
         .iter()
         .flat_map(|d| list_dir(d))
-        .filter(|d| d.is_dir())
-        .collect()
-}
-
-/// The cgroup directory of container `id` in every hierarchy where it exists.
-pub fn container_cgroups(ns: &str, id: &str) -> Vec<PathBuf> {
-    cgroup_ns_dirs(ns)
-        .into_iter()
-        .map(|d| d.join(id))
         .filter(|d| d.is_dir())
         .collect()
 }

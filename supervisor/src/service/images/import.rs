@@ -251,16 +251,6 @@ impl Services {
             }
         }
 
-        self.namespace_ensure(ns)?;
-        for d in &reached {
-            if !self.content.has(ns, d)? {
-                self.content.record(ns, d, &Labels::new())?;
-                undo.recorded
-                    .push(String::from_utf8_lossy(&store::key(ns, d)).into_owned());
-            }
-        }
-        self.store.flush_blocking()?;
-
         for r in &to_unpack {
             let report = |index: usize, count: usize, layer: &str| {
                 progress(ImportEvent::Unpacking {
@@ -273,6 +263,16 @@ impl Services {
             undo.unpacked.push((snapshotter.clone(), done));
         }
 
+        // Content records and image records become durable together, after the unpack: a
+        // crash before this point leaves nothing visible, only garbage to collect.
+        self.namespace_ensure(ns)?;
+        for d in &reached {
+            if !self.content.has(ns, d)? {
+                self.content.record(ns, d, &Labels::new())?;
+                undo.recorded
+                    .push(String::from_utf8_lossy(&store::key(ns, d)).into_owned());
+            }
+        }
         let now = SystemTime::now();
         let mut out = Vec::new();
         let mut replaced = Vec::new();

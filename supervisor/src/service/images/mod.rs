@@ -565,6 +565,18 @@ impl Services {
         snapshotter: &str,
         want: Option<Platform>,
     ) -> Result<String> {
+        let _unpacking = self.gc_lock.read().await;
+        self.unpack_locked(ns, name, snapshotter, want).await
+    }
+
+    /// `image_unpack` for a caller that already holds the GC lock for reading.
+    pub(crate) async fn unpack_locked(
+        self: &std::sync::Arc<Self>,
+        ns: &str,
+        name: &str,
+        snapshotter: &str,
+        want: Option<Platform>,
+    ) -> Result<String> {
         let image = self.image_get(ns, name)?;
         let s = self.snapshotter(snapshotter)?;
         let this = self.clone();

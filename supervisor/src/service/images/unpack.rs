@@ -80,7 +80,12 @@ impl Services {
                 Err(e) => return Err(e),
             }
             progress(i + 1, count, &layer.digest);
-            let key = format!("unpack-{}-{}", std::process::id(), random_suffix());
+            let key = format!(
+                "{}{}-{}",
+                crate::service::gc::UNPACK_PREFIX,
+                std::process::id(),
+                random_suffix()
+            );
             snapshotter.prepare(ns, &key, parent, Labels::new())?;
             let applied = self.apply_one(ns, snapshotter, &key, layer, diff_id);
             let committed = applied.and_then(|()| {
