@@ -7,6 +7,7 @@
 pub mod detach;
 pub mod error;
 pub mod io;
+pub mod oom;
 pub mod options;
 pub mod process;
 pub mod reaper;

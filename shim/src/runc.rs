@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,25 +64,6 @@ pub struct RuntimeState {
     pub id: String,
     pub pid: u32,
     pub status: String,
-}
-
-/// The one long-running runtime child per container: `events`, which reports OOM kills.
-pub struct EventsHandle {
-    pid: i32,
-    reaped: Arc<Mutex<bool>>,
-}
-
-impl EventsHandle {
-    /// SIGKILLs it unless it was reaped already (its pid may belong to another process then).
-    pub fn kill(&self) {
-        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        if !*reaped {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 pub struct Runc {
@@ -249,42 +230,6 @@ impl Runc {
         }
         args.push(id.into());
         self.run("exec", args, None, stdio).await.map(drop)
-    }
-
-    /// Starts `events --interval 60s`, whose JSON lines on the returned pipe report OOM kills
-    /// as they happen.
-    pub fn events(&self, id: &str) -> Result<(EventsHandle, pipe::Receiver), RuncError> {
-        let command = self.command_name("events");
-        let mut cmd = self.command(os_args(&["events", "--interval", "60s", id]));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let token = self.reaper.token();
-        let (pid, mut child) = self.spawn(&command, cmd)?;
-        let reaped = Arc::new(Mutex::new(false));
-        let flag = reaped.clone();
-        self.reaper.on_exit(pid, token, move |code| {
-            *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            tracing::debug!(exit_status = code.0, "runtime events watcher ended");
-        });
-        let handle = EventsHandle { pid, reaped };
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| self.bad_output("events", "no stdout pipe"))
-            .and_then(|out| {
-                pipe::Receiver::from_owned_fd(OwnedFd::from(out)).map_err(|source| RuncError::Io {
-                    command: command.clone(),
-                    source,
-                })
-            });
-        match stdout {
-            Ok(rx) => Ok((handle, rx)),
-            Err(e) => {
-                handle.kill();
-                Err(e)
-            }
-        }
     }
 
     async fn simple(&self, what: &'static str, args: &[&str]) -> Result<(), RuncError> {

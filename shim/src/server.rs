@@ -19,6 +19,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::detach::Readiness;
+use crate::oom::OomMonitor;
 use crate::options::Options;
 use crate::process::{Container, Context};
 use crate::reaper::Reaper;
@@ -198,6 +199,7 @@ async fn serve(
         log_max_files: options.log_max_files,
         reaper,
         events: broadcast::channel(EVENT_BUFFER).0,
+        oom: OomMonitor::default(),
     });
     let container = Arc::new(Container::new(ctx));
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);

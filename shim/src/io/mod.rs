@@ -224,11 +224,15 @@ async fn pump(fd: Fd, stream: StreamKind, output: Arc<Output>) {
             }
         };
         match guard.try_io(|fd| read_chunk(fd.get_ref())) {
-            Ok(Ok(Some(data))) => output.emit(Chunk {
-                stream,
-                data,
-                at: Utc::now(),
-            }),
+            Ok(Ok(Some(data))) => {
+                output
+                    .emit(Chunk {
+                        stream,
+                        data,
+                        at: Utc::now(),
+                    })
+                    .await
+            }
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 tracing::warn!(stream = stream.as_str(), error = %e, "reading output failed");

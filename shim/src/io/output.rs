@@ -1,17 +1,40 @@
 //! Where a process's output goes: its log file (and a CRI file, if asked), and live to whoever
 //! follows it. One lock orders the two, so a reader that takes a view of the log and subscribes
 //! under that lock gets every chunk exactly once: in the files up to the view, or live after.
+//!
+//! Followers get every chunk: each has a bounded queue, and a full queue holds the output pump
+//! back (the container then waits on its pipe, as it would writing to a slow terminal). A
+//! follower that takes nothing for `FOLLOWER_STALL` is cut off and told so, so a client that
+//! hangs cannot stop the container for long. With nobody following, output only goes to the
+//! log and never waits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::history::History;
 use super::log::{format_chunk, Chunk, CriLog, LogFile};
 
-/// Chunks a follower may fall behind by before it misses some. The buffer exists only while
-/// somebody follows, and a chunk is freed once every follower has seen it.
-const LIVE_BUFFER: usize = 256;
+/// Chunks queued for one follower before the output waits for it.
+const FOLLOWER_QUEUE: usize = 64;
+
+/// How long one follower may hold the output back before it is cut off.
+const FOLLOWER_STALL: Duration = Duration::from_secs(10);
+
+/// The sending side of one follower's queue.
+#[derive(Clone)]
+struct Feed {
+    tx: mpsc::Sender<Chunk>,
+    cut: Arc<AtomicBool>,
+}
+
+/// The receiving side: chunks, and whether the follower was cut off for stalling.
+pub struct Live {
+    rx: mpsc::Receiver<Chunk>,
+    cut: Arc<AtomicBool>,
+}
 
 pub struct Output {
     inner: Mutex<Inner>,
@@ -21,7 +44,7 @@ pub struct Output {
 struct Inner {
     log: Option<LogFile>,
     cri: Option<CriLog>,
-    live: Option<broadcast::Sender<Chunk>>,
+    followers: Vec<Feed>,
     /// Streams still open (pumps running).
     open: usize,
     /// A write error is reported once, not for every chunk of a full disk.
@@ -32,7 +55,7 @@ struct Inner {
 /// What a reader gets: the log up to now and, while output may still come, the rest live.
 pub struct View {
     pub history: History,
-    pub live: Option<broadcast::Receiver<Chunk>>,
+    pub live: Option<Live>,
 }
 
 impl Output {
@@ -42,7 +65,7 @@ impl Output {
             inner: Mutex::new(Inner {
                 log: Some(log),
                 cri,
-                live: None,
+                followers: Vec::new(),
                 open: streams,
                 failing: false,
                 scratch: Vec::new(),
@@ -55,13 +78,34 @@ impl Output {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Logs a chunk and hands it to the followers. Never blocks on a reader: the container's
-    /// output must always drain.
-    pub fn emit(&self, chunk: Chunk) {
+    /// Logs a chunk and hands it to the followers, waiting (boundedly) for any whose queue is
+    /// full.
+    pub async fn emit(&self, chunk: Chunk) {
+        let feeds = self.record(&chunk);
+        for feed in feeds {
+            let pending = match feed.tx.try_send(chunk.clone()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                Err(mpsc::error::TrySendError::Full(c)) => c,
+            };
+            if tokio::time::timeout(FOLLOWER_STALL, feed.tx.send(pending))
+                .await
+                .is_err()
+            {
+                tracing::warn!("a follower took no output for {FOLLOWER_STALL:?}; cutting it off");
+                feed.cut.store(true, Ordering::Relaxed);
+                self.lock()
+                    .followers
+                    .retain(|f| !Arc::ptr_eq(&f.cut, &feed.cut));
+            }
+        }
+    }
+
+    /// Writes a chunk to the log files and returns the followers to hand it to.
+    fn record(&self, chunk: &Chunk) -> Vec<Feed> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         inner.scratch.clear();
-        format_chunk(&chunk, &mut inner.scratch);
+        format_chunk(chunk, &mut inner.scratch);
         let mut result = Ok(());
         if let Some(log) = &mut inner.log {
             result = log
@@ -86,12 +130,8 @@ impl Output {
             }
             Err(_) => {}
         }
-        if let Some(live) = &inner.live {
-            if live.send(chunk).is_err() {
-                // Nobody follows any more: free the buffer.
-                inner.live = None;
-            }
-        }
+        inner.followers.retain(|f| !f.tx.is_closed());
+        inner.followers.clone()
     }
 
     /// One stream reached its end.
@@ -99,8 +139,8 @@ impl Output {
         let mut inner = self.lock();
         inner.open = inner.open.saturating_sub(1);
         if inner.open == 0 {
-            // Followers see the end once they have taken what is buffered.
-            inner.live = None;
+            // Followers see the end once they have taken what is queued.
+            inner.followers.clear();
             drop(inner);
             self.drained.send_replace(true);
         }
@@ -114,12 +154,13 @@ impl Output {
             None => History::default(),
         };
         let live = if follow && inner.open > 0 {
-            Some(
-                inner
-                    .live
-                    .get_or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
-                    .subscribe(),
-            )
+            let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+            let cut = Arc::new(AtomicBool::new(false));
+            inner.followers.push(Feed {
+                tx,
+                cut: cut.clone(),
+            });
+            Some(Live { rx, cut })
         } else {
             None
         };
@@ -144,8 +185,8 @@ impl Output {
 #[derive(Debug)]
 pub enum Next {
     Chunk(Chunk),
-    /// It fell this many chunks behind and they are lost to it (not to the log).
-    Lagged(u64),
+    /// It took no output for too long and was cut off (the log still has everything).
+    CutOff,
     /// The process has exited and its output is drained.
     End,
 }
@@ -154,13 +195,13 @@ pub enum Next {
 /// once its output has drained, or a bounded time after) or itself deleted unstarted; then
 /// hands out what is still buffered.
 pub struct Follower {
-    live: Option<broadcast::Receiver<Chunk>>,
+    live: Option<Live>,
     finished: watch::Receiver<bool>,
     exit_seen: bool,
 }
 
 impl Follower {
-    pub fn new(live: Option<broadcast::Receiver<Chunk>>, finished: watch::Receiver<bool>) -> Self {
+    pub fn new(live: Option<Live>, finished: watch::Receiver<bool>) -> Self {
         Follower {
             live,
             finished,
@@ -169,12 +210,11 @@ impl Follower {
     }
 
     pub async fn next(&mut self) -> Next {
-        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         loop {
             if self.exit_seen {
-                return match self.live.as_mut().map(|l| l.try_recv()) {
-                    Some(Ok(c)) => Next::Chunk(c),
-                    Some(Err(TryRecvError::Lagged(n))) => Next::Lagged(n),
+                return match self.live.as_mut().map(|l| (l.rx.try_recv(), l.cut.clone())) {
+                    Some((Ok(c), _)) => Next::Chunk(c),
+                    Some((Err(_), cut)) if cut.load(Ordering::Relaxed) => Next::CutOff,
                     _ => Next::End,
                 };
             }
@@ -186,10 +226,10 @@ impl Follower {
             };
             tokio::select! {
                 biased;
-                r = live.recv() => match r {
-                    Ok(c) => return Next::Chunk(c),
-                    Err(RecvError::Lagged(n)) => return Next::Lagged(n),
-                    Err(RecvError::Closed) => self.live = None,
+                r = live.rx.recv() => match r {
+                    Some(c) => return Next::Chunk(c),
+                    None if live.cut.load(Ordering::Relaxed) => return Next::CutOff,
+                    None => self.live = None,
                 },
                 _ = self.finished.wait_for(|f| *f) => self.exit_seen = true,
             }

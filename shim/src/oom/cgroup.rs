@@ -70,9 +70,8 @@ pub fn resolve(cgroups: &str, mountinfo: &str) -> Result<MemoryCgroup, String> {
         .iter()
         .find(|(_, controllers, _)| controllers.split(',').any(|c| c == "memory"));
     if let Some((_, _, path)) = v1 {
-        let is_memory = |m: &Mount| {
-            m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory")
-        };
+        let is_memory =
+            |m: &Mount| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory");
         return locate(path, mountinfo, is_memory)
             .map(MemoryCgroup::V1)
             .ok_or_else(|| format!("no mount of the v1 memory hierarchy holds {path:?}"));
@@ -221,10 +220,7 @@ mod tests {
         // The cgroup that is the mount's root is the mount point itself.
         let cgroups = "4:memory:/kubepods\n";
         let mounts = "36 31 0:32 /kubepods /m rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            resolve(cgroups, mounts),
-            Ok(MemoryCgroup::V1("/m".into()))
-        );
+        assert_eq!(resolve(cgroups, mounts), Ok(MemoryCgroup::V1("/m".into())));
     }
 
     #[test]
@@ -243,9 +239,9 @@ mod tests {
                 "/sys/fs/cgroup/system.slice/sup-web.scope".into()
             ))
         );
-        assert!(resolve(cgroups, HYBRID_MOUNTS).is_ok_and(
-            |c| c == MemoryCgroup::V2("/sys/fs/cgroup/unified/system.slice/sup-web.scope".into())
-        ));
+        assert!(resolve(cgroups, HYBRID_MOUNTS)
+            .is_ok_and(|c| c
+                == MemoryCgroup::V2("/sys/fs/cgroup/unified/system.slice/sup-web.scope".into())));
     }
 
     #[test]

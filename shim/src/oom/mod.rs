@@ -13,7 +13,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use cgroup::{CgroupError, MemoryCgroup};
-pub use v2::{parse_memory_events, MemoryEvents};
 
 /// What one look at the kernel's notification found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +184,7 @@ impl OomMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
@@ -207,10 +207,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}");
-    }
-
-    fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
     }
 
     /// The whole v2 path on a file written by the test: inotify wakes the task, which reads
@@ -261,15 +257,21 @@ mod tests {
     async fn stopping_closes_the_descriptors() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("memory.events"), "oom_kill 0\n").unwrap();
-        let before = open_fds();
         let monitor = OomMonitor::default();
         let source = Source::open(&MemoryCgroup::V2(tmp.path().into())).unwrap();
         *monitor.lock() = Some(Watcher::spawn(source, counter().1));
-        assert!(open_fds() > before);
+        let (watch, fd) = {
+            let current = monitor.lock();
+            let watch = &current.as_ref().unwrap().watch;
+            let fd = watch.source.fd().unwrap().get_ref().as_raw_fd();
+            (Arc::downgrade(watch), fd)
+        };
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        assert_eq!(link, std::path::Path::new("anon_inode:inotify"));
         monitor.stop();
         assert!(!monitor.is_watching());
-        // The aborted task drops its share when the runtime next runs it.
-        tokio::task::yield_now().await;
-        until("the descriptors to close", || open_fds() == before).await;
+        // The aborted task lets go of the watch, and with it the descriptors, when the
+        // runtime next runs it.
+        until("the watch to be dropped", || watch.upgrade().is_none()).await;
     }
 }

@@ -26,8 +26,8 @@ impl OomControl {
         let eventfd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| CgroupError::io("creating an eventfd for", dir, e.into()))?;
         let control_path = dir.join("memory.oom_control");
-        let control = File::open(&control_path)
-            .map_err(|e| CgroupError::io("opening", &control_path, e))?;
+        let control =
+            File::open(&control_path).map_err(|e| CgroupError::io("opening", &control_path, e))?;
         let register_path = dir.join("cgroup.event_control");
         OpenOptions::new()
             .write(true)
@@ -40,8 +40,8 @@ impl OomControl {
         // The kernel keeps the eventfd, not `memory.oom_control`: it is closed here. Closing
         // the eventfd later is what unregisters it.
         drop(control);
-        let eventfd = async_fd(eventfd)
-            .map_err(|e| CgroupError::io("watching the eventfd of", dir, e))?;
+        let eventfd =
+            async_fd(eventfd).map_err(|e| CgroupError::io("watching the eventfd of", dir, e))?;
         Ok(OomControl {
             dir: dir.to_path_buf(),
             eventfd,

@@ -10,7 +10,7 @@ use super::state::Status;
 use super::{signal_number, Context, Process};
 use crate::error::{Error, Result};
 use crate::io::{ProcessIo, ResizeError};
-use crate::runc::{EventsHandle, Runc};
+use crate::runc::Runc;
 
 /// What Create asks for.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +44,6 @@ pub(super) struct Slot {
     pub(super) init: Option<Arc<Process>>,
     pub(super) creating: bool,
     pub(super) execs: HashMap<String, Arc<Process>>,
-    pub(super) oom_watch: Option<EventsHandle>,
 }
 
 impl Container {
@@ -212,9 +211,7 @@ impl Container {
 
     /// Stops what the shim runs on its own (the OOM watcher); called when it ends.
     pub fn stop_watchers(&self) {
-        if let Some(w) = self.slot().oom_watch.take() {
-            w.kill();
-        }
+        self.ctx.oom.stop();
     }
 
     pub(super) fn path(&self, name: &str) -> PathBuf {

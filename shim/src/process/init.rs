@@ -1,14 +1,10 @@
 //! The container's init: `create`, `start`, `kill`, `delete`, and what applies to the whole
-//! container (pause, resume, pids, update, stats, OOM events).
+//! container (pause, resume, pids, update, stats, the OOM watch).
 
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
-
-use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::unix::pipe;
 
 use super::container::{read_pid, CreateSpec};
 use super::exit::Exit;
@@ -50,11 +46,11 @@ impl Container {
         slot.creating = false;
         let (runc, init) = created?;
         let pid = init.pid();
-        slot.runc = Some(runc.clone());
+        slot.runc = Some(runc);
         slot.init = Some(init);
         drop(slot);
         // Watching from before the program starts: an OOM kill right at its start counts too.
-        self.watch_oom(&runc);
+        self.watch_oom(pid);
         Ok(pid)
     }
 
@@ -326,16 +322,13 @@ impl Container {
         }
     }
 
-    fn watch_oom(&self, runc: &Runc) {
-        match runc.events(&self.ctx.id) {
-            Ok((handle, rx)) => {
-                if let Some(old) = self.slot().oom_watch.replace(handle) {
-                    old.kill();
-                }
-                tokio::spawn(read_oom_events(self.ctx.events.clone(), rx));
-            }
-            Err(e) => tracing::warn!(error = %e, "OOM events will not be reported"),
-        }
+    fn watch_oom(&self, pid: u32) {
+        let events = self.ctx.events.clone();
+        self.ctx.oom.start(pid, move || {
+            let _ = events.send(Event::Oom {
+                at: chrono::Utc::now(),
+            });
+        });
     }
 }
 
@@ -363,48 +356,4 @@ pub(super) async fn with_console(
             })?,
     };
     master.map_err(|e| Error::io("receiving the terminal from the runtime", e))
-}
-
-#[derive(Deserialize)]
-struct RuntimeEvent {
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-/// Turns the runtime's `oom` events into the shim's; statistics lines are ignored.
-async fn read_oom_events(events: tokio::sync::broadcast::Sender<Event>, rx: pipe::Receiver) {
-    let mut lines = BufReader::with_capacity(1024, rx).lines();
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                if is_oom(&line) {
-                    tracing::info!("container OOM");
-                    let _ = events.send(Event::Oom {
-                        at: chrono::Utc::now(),
-                    });
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the runtime's events failed");
-                return;
-            }
-        }
-    }
-}
-
-fn is_oom(line: &str) -> bool {
-    serde_json::from_str::<RuntimeEvent>(line).is_ok_and(|e| e.kind == "oom")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_oom;
-
-    #[test]
-    fn oom_lines() {
-        assert!(is_oom(r#"{"type":"oom","id":"web"}"#));
-        assert!(!is_oom(r#"{"type":"stats","id":"web","data":{"oom":1}}"#));
-        assert!(!is_oom("not json"));
-    }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::error::{Error, Result};
 use crate::io::ProcessIo;
+use crate::oom::OomMonitor;
 use crate::reaper::{Reaper, Token};
 use crate::runc::ChildStdio;
 pub use container::{Container, CreateSpec, ProcessSummary};
@@ -43,6 +44,8 @@ pub struct Context {
     pub log_max_files: u32,
     pub reaper: Arc<Reaper>,
     pub events: broadcast::Sender<Event>,
+    /// Watches the container's memory cgroup for OOM kills, from Create to Delete.
+    pub oom: OomMonitor,
 }
 
 impl Context {
@@ -256,6 +259,8 @@ impl Process {
             }
             st.exit = Some(exit);
         }
+        // An OOM kill is counted before its victim dies: reported now, it precedes the exit.
+        ctx.oom.catch_up();
         self.finished.send_replace(true);
         let _ = ctx.events.send(Event::Exit {
             exec_id: self.exec_id.clone(),

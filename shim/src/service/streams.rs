@@ -106,9 +106,9 @@ pub fn logs(
                     timestamp: Some(to_timestamp(&c.at)),
                     data: c.data.to_vec(),
                 }),
-                Next::Lagged(n) => Err(Status::data_loss(format!(
-                    "fell {n} chunks behind the live output; read again with since"
-                ))),
+                Next::CutOff => Err(Status::data_loss(
+                    "took no output for too long and was cut off; read again with since",
+                )),
                 Next::End => return,
             };
             let failed = msg.is_err();
@@ -191,9 +191,14 @@ pub async fn attach(
                     }
                 }
                 Next::Chunk(_) => {}
-                Next::Lagged(n) => {
-                    // An interactive session goes on; what it missed is in the log.
-                    tracing::warn!(exec_id = %process.exec_id, missed = n, "attach fell behind the output");
+                Next::CutOff => {
+                    // The client stopped reading; what it missed is in the log.
+                    let _ = tx
+                        .send(Err(Status::data_loss(
+                            "took no output for too long and was cut off; read the logs",
+                        )))
+                        .await;
+                    return;
                 }
                 Next::End => break,
             }
