@@ -19,6 +19,8 @@ pub struct Config {
     pub default_snapshotter: String,
     pub log: LogConfig,
     pub gc: GcConfig,
+    /// Pulls and pushes: hosts directory, credentials, concurrency, timeouts.
+    pub registry: crate::registry::RegistryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +60,7 @@ impl Default for Config {
             default_snapshotter: "overlayfs".to_string(),
             log: LogConfig::default(),
             gc: GcConfig::default(),
+            registry: Default::default(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl Config {
                 self.log.format
             )));
         }
+        self.registry.validate()?;
         Ok(())
     }
 }

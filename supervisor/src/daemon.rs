@@ -100,6 +100,7 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         events: Exchange::new(),
         tasks: Default::default(),
         gc_lock: Default::default(),
+        registry: crate::registry::Registry::new(cfg.registry.clone()),
     })
 }
 

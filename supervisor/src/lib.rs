@@ -13,6 +13,7 @@ pub mod filters;
 pub mod image;
 pub mod labels;
 pub mod mount;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod snapshot;

@@ -15,6 +15,7 @@ use crate::image::reference::Reference;
 pub mod auth;
 pub mod client;
 pub mod hosts;
+pub mod progress;
 
 pub use client::Repository;
 

@@ -186,6 +186,16 @@ impl Services {
             );
             let labels = Labels::from([(super::gc::LABEL_CONTAINER.to_string(), k.clone())]);
             tokio::task::spawn_blocking(move || s.prepare(&n, &k, p.as_deref(), labels)).await??;
+            self.events.publish(
+                ns,
+                topic::SNAPSHOT_PREPARE,
+                Payload::Snapshot {
+                    snapshotter: sname.clone(),
+                    key: new.id.clone(),
+                    parent: chain.clone().unwrap_or_default(),
+                    name: String::new(),
+                },
+            );
             (new.id.clone(), true)
         } else {
             let (s, n, k) = (
@@ -375,7 +385,17 @@ impl Services {
             if let Ok(s) = self.snapshotter(&rec.snapshotter) {
                 let (n, k) = (ns.to_string(), rec.snapshot_key.clone());
                 match tokio::task::spawn_blocking(move || s.remove(&n, &k)).await? {
-                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Ok(()) => self.events.publish(
+                        ns,
+                        topic::SNAPSHOT_REMOVE,
+                        Payload::Snapshot {
+                            snapshotter: rec.snapshotter.clone(),
+                            key: rec.snapshot_key.clone(),
+                            parent: String::new(),
+                            name: String::new(),
+                        },
+                    ),
+                    Err(Error::NotFound(_)) => {}
                     Err(e) => {
                         tracing::warn!(container = id, error = %e, "cannot remove the container's snapshot")
                     }

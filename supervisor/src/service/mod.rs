@@ -31,6 +31,8 @@ pub struct Services {
     pub tasks: tasks::Tasks,
     /// Held for reading by work that creates objects, for writing by garbage collection.
     pub gc_lock: tokio::sync::RwLock<()>,
+    /// Registry settings and HTTP clients, for pulls and pushes.
+    pub registry: crate::registry::Registry,
 }
 
 impl Services {

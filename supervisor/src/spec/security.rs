@@ -107,7 +107,8 @@ const DEFAULT_NOFILE: u64 = 1_048_576;
 /// sandbox around supd) may forbid raising it, and runc would then fail to start anything.
 fn default_nofile() -> u64 {
     let own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    own.maximum.map_or(DEFAULT_NOFILE, |hard| hard.min(DEFAULT_NOFILE))
+    own.maximum
+        .map_or(DEFAULT_NOFILE, |hard| hard.min(DEFAULT_NOFILE))
 }
 
 /// The capability set: the default (or all, when privileged), then "ALL" in cap_add or
@@ -138,6 +139,10 @@ pub fn capabilities(
     };
     set.extend(add);
     set.retain(|c| !drop.contains(c));
+    // Nothing can grant what the daemon's own bounding set lacks: runc would fail to apply it.
+    if let Some(host) = host_bounding_set() {
+        set.retain(|c| host & (1u64 << cap_number(*c)) != 0);
+    }
     let mut caps = built(
         LinuxCapabilitiesBuilder::default()
             .bounding(set.clone())
@@ -148,6 +153,64 @@ pub fn capabilities(
     // The builder fills unset sets from oci-spec's own defaults: these must stay empty.
     caps.set_inheritable(None).set_ambient(None);
     Ok(caps)
+}
+
+/// The bounding set supd runs with (`CapBnd` in /proc/self/status), if readable.
+fn host_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The kernel's number for a capability (its bit in the capability sets).
+fn cap_number(c: Capability) -> u32 {
+    use Capability::*;
+    match c {
+        Chown => 0,
+        DacOverride => 1,
+        DacReadSearch => 2,
+        Fowner => 3,
+        Fsetid => 4,
+        Kill => 5,
+        Setgid => 6,
+        Setuid => 7,
+        Setpcap => 8,
+        LinuxImmutable => 9,
+        NetBindService => 10,
+        NetBroadcast => 11,
+        NetAdmin => 12,
+        NetRaw => 13,
+        IpcLock => 14,
+        IpcOwner => 15,
+        SysModule => 16,
+        SysRawio => 17,
+        SysChroot => 18,
+        SysPtrace => 19,
+        SysPacct => 20,
+        SysAdmin => 21,
+        SysBoot => 22,
+        SysNice => 23,
+        SysResource => 24,
+        SysTime => 25,
+        SysTtyConfig => 26,
+        Mknod => 27,
+        Lease => 28,
+        AuditWrite => 29,
+        AuditControl => 30,
+        Setfcap => 31,
+        MacOverride => 32,
+        MacAdmin => 33,
+        Syslog => 34,
+        WakeAlarm => 35,
+        BlockSuspend => 36,
+        AuditRead => 37,
+        Perfmon => 38,
+        Bpf => 39,
+        CheckpointRestore => 40,
+    }
 }
 
 /// Parses capability names ("NET_ADMIN", "cap_net_admin", "ALL").
@@ -258,7 +321,16 @@ pub fn rlimits(overrides: &[(String, u64, u64)]) -> Result<Vec<PosixRlimit>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+
+    /// Capabilities this host lets a container have (a sandbox may lack some).
+    pub(crate) fn available_caps() -> usize {
+        let host = host_bounding_set().unwrap_or(u64::MAX);
+        ALL_CAPS
+            .iter()
+            .filter(|c| host & (1u64 << cap_number(**c)) != 0)
+            .count()
+    }
     use super::*;
 
     fn v(s: &[&str]) -> Vec<String> {
@@ -292,11 +364,11 @@ mod tests {
         assert_eq!(c, [Capability::Chown].into_iter().collect());
 
         let c = set(&capabilities(false, &v(&["all"]), &v(&["SYS_ADMIN"])).unwrap());
-        assert_eq!(c.len(), ALL_CAPS.len() - 1);
+        assert_eq!(c.len(), available_caps() - 1);
         assert!(!c.contains(&Capability::SysAdmin));
 
         let c = set(&capabilities(true, &[], &v(&["SYS_MODULE"])).unwrap());
-        assert_eq!(c.len(), ALL_CAPS.len() - 1);
+        assert_eq!(c.len(), available_caps() - 1);
     }
 
     #[test]
@@ -340,9 +412,10 @@ mod tests {
     fn rlimit_overrides() {
         let r = rlimits(&[]).unwrap();
         assert_eq!(r.len(), 1);
+        let n = default_nofile();
         assert_eq!(
             (r[0].typ(), r[0].soft(), r[0].hard()),
-            (PosixRlimitType::RlimitNofile, 1_048_576, 1_048_576)
+            (PosixRlimitType::RlimitNofile, n, n)
         );
 
         let r = rlimits(&[

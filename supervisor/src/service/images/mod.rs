@@ -15,6 +15,8 @@ use super::Services;
 
 pub mod export;
 pub mod import;
+pub mod pull;
+pub mod push;
 pub mod unpack;
 
 /// Label on committed layer snapshots made by unpacking: the layer's uncompressed digest.

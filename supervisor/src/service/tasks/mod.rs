@@ -82,6 +82,21 @@ pub struct ProcessStatus {
     pub reason: String,
 }
 
+/// The runtime refusing the container's own command (missing, not executable) is the
+/// caller's input at fault, not the daemon: say so with the code.
+fn runtime_refusal(e: Error) -> Error {
+    match e {
+        Error::Internal(m)
+            if m.contains("executable file not found")
+                || m.contains("no such file or directory")
+                || m.contains("permission denied") =>
+        {
+            Error::InvalidArgument(m)
+        }
+        other => other,
+    }
+}
+
 fn ts(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
     t.map(|t| crate::server::convert::from_timestamp(&t))
 }
@@ -270,7 +285,7 @@ impl Services {
                 cri_log_path: String::new(),
             })
             .await
-            .map_err(|s| from_status(&format!("creating task {id:?}"), s))?
+            .map_err(|s| runtime_refusal(from_status(&format!("creating task {id:?}"), s)))?
             .into_inner();
         Ok(Arc::new(Task {
             ns: ns.to_string(),
