@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use hyper_util::rt::TokioIo;
 use sup_proto::v1::{
     containers_client::ContainersClient, content_client::ContentClient,
-    events_client::EventsClient, images_client::ImagesClient, namespaces_client::NamespacesClient,
+    events_client::EventsClient, gc_client::GcClient, images_client::ImagesClient,
+    leases_client::LeasesClient, namespaces_client::NamespacesClient,
     snapshots_client::SnapshotsClient, tasks_client::TasksClient, version_client::VersionClient,
 };
 use tonic::metadata::AsciiMetadataValue;
@@ -156,5 +157,13 @@ impl Client {
 
     pub fn events(&self) -> EventsClient<Svc> {
         EventsClient::new(self.svc())
+    }
+
+    pub fn leases(&self) -> LeasesClient<Svc> {
+        LeasesClient::new(self.svc())
+    }
+
+    pub fn gc(&self) -> GcClient<Svc> {
+        GcClient::new(self.svc())
     }
 }

@@ -5,6 +5,7 @@
 
 mod host;
 mod meta;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,8 @@ use crate::task::World;
 use crate::Daemon;
 
 pub use host::{
-    cmdline, container_cgroups, exe_name, host_leftovers, namespace_processes, runtime_processes,
-    shims_of, start_time, state as proc_state,
+    cmdline, container_cgroups, exe_name, host_leftovers, host_settles, namespace_processes,
+    proc_state, runtime_processes, shims_of, start_time,
 };
 pub use meta::{metadata_problems, snapshot_exists};
 
@@ -56,34 +57,46 @@ pub fn signal_pid(pid: u32, signal: Signal) -> bool {
         .is_some_and(|p| kill(Pid::from_raw(p), signal).is_ok())
 }
 
-/// Takes supd down and returns once it is gone. After SIGKILL it stays unreaped (so its pid
-/// cannot be reused) until [`bring_up`]; after SIGTERM it must have exited by itself, with
-/// success, within the harness's stop timeout.
-pub async fn take_down(daemon: &mut Daemon, how: Down) {
-    match how {
-        Down::Kill => {
-            let pid = daemon.pid().expect("supd is running");
-            assert!(signal_pid(pid, Signal::SIGKILL), "SIGKILL to supd {pid}");
-            let deadline = Instant::now() + GONE_TIMEOUT;
-            while proc_state(pid).is_some_and(|s| s != "Z") {
-                assert!(
-                    Instant::now() < deadline,
-                    "supd {pid} still there {GONE_TIMEOUT:?} after SIGKILL"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+/// Sends supd the signal for `how` by its pid and returns once it has exited (it stays
+/// unreaped, so the pid cannot be reused, until the harness stops or restarts it). Takes no
+/// `&mut Daemon`, so that calls in flight can go on borrowing the daemon meanwhile.
+pub async fn signal_supd(pid: u32, how: Down) {
+    let (signal, timeout) = match how {
+        Down::Kill => (Signal::SIGKILL, GONE_TIMEOUT),
+        Down::Term => (Signal::SIGTERM, crate::daemon::STOP_TIMEOUT),
+    };
+    assert!(signal_pid(pid, signal), "{signal} to supd {pid}");
+    let deadline = Instant::now() + timeout;
+    while proc_state(pid).is_some_and(|s| s != "Z") {
+        if Instant::now() >= deadline {
+            // The harness's stop (SIGTERM, then SIGKILL) finishes the job; the caller's
+            // check of the exit status tells.
+            return;
         }
-        Down::Term => {
-            let status = daemon.stop().expect("supd was running");
-            assert!(
-                status.success(),
-                "supd's exit on SIGTERM: {status} (a SIGKILL means it did not stop within \
-                 {:?}); its log ends with:\n{}",
-                crate::daemon::STOP_TIMEOUT,
-                log_tail(daemon)
-            );
-        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// After [`signal_supd`]: reaps supd when it was asked to stop and checks that it exited by
+/// itself, with success. (After SIGKILL the harness reaps it on restart.)
+pub fn check_down(daemon: &mut Daemon, how: Down) {
+    if how == Down::Term {
+        let status = daemon.stop().expect("supd was running");
+        assert!(
+            status.success(),
+            "supd's exit on SIGTERM: {status} (a SIGKILL means it did not stop within \
+             {:?}); its log ends with:\n{}",
+            crate::daemon::STOP_TIMEOUT,
+            log_tail(daemon)
+        );
+    }
+}
+
+/// Takes supd down and returns once it is gone: [`signal_supd`] then [`check_down`].
+pub async fn take_down(daemon: &mut Daemon, how: Down) {
+    let pid = daemon.pid().expect("supd is running");
+    signal_supd(pid, how).await;
+    check_down(daemon, how);
 }
 
 /// Starts supd again on the same root and state, points the world's client at it, and
@@ -345,6 +358,16 @@ impl Rng {
     /// True with `percent` % chance.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+
+    /// `len` bytes that do not compress.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
     }
 
     /// An independent generator for a sub-task.

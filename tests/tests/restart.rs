@@ -1,20 +1,26 @@
 //! supd restarted (after SIGKILL or SIGTERM) under running containers: they keep running with
 //! the same pids and shims, an exit that happened while supd was down is reported with its
 //! code and time, the logs have no gap, and wait, kill, delete, exec, attach and logs all
-//! work on the restarted daemon.
+//! work on the restarted daemon. And an import cut short by a SIGKILL leaves nothing listed.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use sup_client::api;
 use sup_tests::chaos::{
-    bring_up, get_task, list_tasks, log_lines, shim_pid, status_name, take_down, task_dir,
-    time_of, Down, EventLog, LogLine, Proc, GONE_TIMEOUT,
+    bring_up, get_task, list_tasks, log_lines, metadata_problems, shim_pid, status_name, take_down,
+    task_dir, time_of, Down, EventLog, LogLine, Proc, Rng, GONE_TIMEOUT,
 };
-use sup_tests::rpc::eventually;
+use sup_tests::image::name_annotations;
+use sup_tests::rpc::{self, eventually};
 use sup_tests::task::{command, sh, show, World, EXIT_TIMEOUT};
+use sup_tests::{Compression, Daemon, ImageBuilder, LayerBuilder, OciArchive};
+use tokio_stream::wrappers::ReceiverStream;
 
 const RUNNING: i32 = api::TaskStatus::Running as i32;
 const STOPPED: i32 = api::TaskStatus::Stopped as i32;
@@ -124,7 +130,11 @@ async fn containers_survive(how: Down) {
         .map(|p| (p.container_id.clone(), p))
         .collect();
     let ids: Vec<&String> = listed.keys().collect();
-    assert_eq!(ids, ["seven", "sleeper", "ticker"], "Tasks.List: {listed:#?}");
+    assert_eq!(
+        ids,
+        ["seven", "sleeper", "ticker"],
+        "Tasks.List: {listed:#?}"
+    );
     for (id, s) in [("sleeper", &sleeper), ("ticker", &ticker)] {
         let p = &listed[id];
         assert_eq!(
@@ -133,8 +143,16 @@ async fn containers_survive(how: Down) {
             "{id} in Tasks.List: {p:?}"
         );
         let got = get_task(&world.client, id, "").await.unwrap();
-        assert_eq!((got.status, got.pid), (RUNNING, s.pid), "Tasks.Get {id}: {got:?}");
-        assert!(s.init.alive(), "{id}: init {} is not the same process", s.pid);
+        assert_eq!(
+            (got.status, got.pid),
+            (RUNNING, s.pid),
+            "Tasks.Get {id}: {got:?}"
+        );
+        assert!(
+            s.init.alive(),
+            "{id}: init {} is not the same process",
+            s.pid
+        );
         assert!(s.shim.alive(), "{id}: shim {} is gone", s.shim.pid);
         assert_eq!(
             shim_pid(&world.daemon, &world.ns, id),
@@ -149,7 +167,11 @@ async fn containers_survive(how: Down) {
         "seven in Tasks.List: {p:?}"
     );
     let got = get_task(&world.client, "seven", "").await.unwrap();
-    assert_eq!((got.status, got.exit_status), (STOPPED, 7), "Tasks.Get seven: {got:?}");
+    assert_eq!(
+        (got.status, got.exit_status),
+        (STOPPED, 7),
+        "Tasks.Get seven: {got:?}"
+    );
     let exited_at = time_of(&got.exited_at).expect("seven's exit time");
     assert!(
         down_at <= exited_at && exited_at <= up_at,
@@ -163,13 +185,20 @@ async fn containers_survive(how: Down) {
         asked.elapsed()
     );
     assert_eq!(waited.exit_status, 7, "Tasks.Wait seven: {waited:?}");
-    assert_eq!(time_of(&waited.exited_at), Some(exited_at), "Wait and Get disagree");
+    assert_eq!(
+        time_of(&waited.exited_at),
+        Some(exited_at),
+        "Wait and Get disagree"
+    );
 
     // The log has every line, those written while supd was down included.
     let lines = ticker_log(&world).await;
     let numbers = ticks(&lines_text(&lines));
     assert_consecutive(&numbers, "ticker log after the restart");
-    assert!(numbers.len() > logged_before, "no line logged since the restart");
+    assert!(
+        numbers.len() > logged_before,
+        "no line logged since the restart"
+    );
     let while_down = lines
         .iter()
         .filter(|l| l.at.is_some_and(|at| down_at < at && at < up_at))
@@ -193,7 +222,13 @@ async fn containers_survive(how: Down) {
     drop(attached);
 
     // Exec into a task the daemon reconnected to.
-    exec(&world, "sleeper", "after", "echo exec-after-restart; exit 3").await;
+    exec(
+        &world,
+        "sleeper",
+        "after",
+        "echo exec-after-restart; exit 3",
+    )
+    .await;
     let attached = world.attach("sleeper", "after", false).await;
     world.start_task("sleeper", "after").await;
     let out = attached.finish(EXIT_TIMEOUT).await;
@@ -203,7 +238,11 @@ async fn containers_survive(how: Down) {
         "exec stdout {}",
         show(&out.stdout)
     );
-    assert_eq!(out.exit.map(|e| e.exit_status), Some(3), "exec exit on attach");
+    assert_eq!(
+        out.exit.map(|e| e.exit_status),
+        Some(3),
+        "exec exit on attach"
+    );
     assert_eq!(world.wait("sleeper", "after").await.exit_status, 3);
     let deleted = world
         .client
@@ -238,7 +277,10 @@ async fn containers_survive(how: Down) {
     }
     let d = world.delete_task("seven", false).await.unwrap();
     assert_eq!(d.exit_status, 7, "Tasks.Delete seven: {d:?}");
-    assert!(seven.shim.gone_within(GONE_TIMEOUT).await, "seven: shim still there");
+    assert!(
+        seven.shim.gone_within(GONE_TIMEOUT).await,
+        "seven: shim still there"
+    );
 
     // Each exit seen after the restart was published once, with its code.
     let all_deleted = events
@@ -248,10 +290,29 @@ async fn containers_survive(how: Down) {
                 .all(|id| e.deletes(id) == 1)
         })
         .await;
-    assert!(all_deleted, "task deletes published: {:#?}", events.topics());
-    assert_eq!(events.exits("ticker", ""), [(137, String::new())], "{:#?}", events.topics());
-    assert_eq!(events.exits("sleeper", ""), [(137, String::new())], "{:#?}", events.topics());
-    assert_eq!(events.exits("sleeper", "after"), [(3, String::new())], "{:#?}", events.topics());
+    assert!(
+        all_deleted,
+        "task deletes published: {:#?}",
+        events.topics()
+    );
+    assert_eq!(
+        events.exits("ticker", ""),
+        [(137, String::new())],
+        "{:#?}",
+        events.topics()
+    );
+    assert_eq!(
+        events.exits("sleeper", ""),
+        [(137, String::new())],
+        "{:#?}",
+        events.topics()
+    );
+    assert_eq!(
+        events.exits("sleeper", "after"),
+        [(3, String::new())],
+        "{:#?}",
+        events.topics()
+    );
     let seven_exits = events.exits("seven", "");
     assert!(
         seven_exits.len() <= 1 && seven_exits.iter().all(|(code, _)| *code == 7),
@@ -273,4 +334,147 @@ async fn containers_survive_supd_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_survive_supd_sigterm() {
     containers_survive(Down::Term).await;
+}
+
+/// Size of the layer an interrupted import is cut in the middle of.
+const BIG: usize = 50 << 20;
+const BIG_IMAGE: &str = "example.com/sup-tests/big:1";
+
+/// Where a blob's bytes lie in an OCI archive: (start, end).
+fn blob_span(archive: &[u8], digest: &str) -> (usize, usize) {
+    let hex = digest.trim_start_matches("sha256:");
+    let name = format!("blobs/sha256/{hex}");
+    let header = (0..archive.len())
+        .step_by(512)
+        .find(|&at| archive[at..].starts_with(name.as_bytes()))
+        .unwrap_or_else(|| panic!("{name} not in the archive"));
+    let size = std::str::from_utf8(&archive[header + 124..header + 135])
+        .ok()
+        .and_then(|s| usize::from_str_radix(s.trim_matches(char::from(0)).trim(), 8).ok())
+        .expect("octal size in the tar header");
+    (header + 512, header + 512 + size)
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_cut_by_supd_sigkill_leaves_nothing_listed() {
+    let mut daemon = Daemon::start().await;
+    let client = daemon.client().await;
+    let mut small = LayerBuilder::new();
+    small.file("etc/small", "small\n");
+    let mut big = LayerBuilder::new();
+    big.file("data/big.bin", Rng::new(50).bytes(BIG));
+    let image = ImageBuilder::new()
+        .layer(small.build(Compression::Gzip))
+        .layer(big.build(Compression::None))
+        .build();
+    let archive = OciArchive::new()
+        .image(&image, name_annotations(BIG_IMAGE))
+        .build();
+    let (big_start, big_end) = blob_span(&archive, &image.layers[1].digest);
+    let cut = big_start + (big_end - big_start) / 2;
+    let mut blobs = vec![
+        ("manifest", image.manifest_digest.clone()),
+        ("config", image.config_digest.clone()),
+        ("small layer", image.layers[0].digest.clone()),
+    ];
+    blobs.retain(|(_, d)| blob_span(&archive, d).1 <= cut);
+    eprintln!("blobs wholly sent before the cut: {blobs:?}");
+
+    // Stream the archive up to the middle of the big layer and hold the call open.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let received = Arc::new(AtomicI64::new(0));
+    let seen = received.clone();
+    let mut images = client.images();
+    let call = tokio::spawn(async move {
+        let mut responses = images.import(ReceiverStream::new(rx)).await?.into_inner();
+        while let Some(msg) = responses.message().await? {
+            if let Some(api::import_response::Payload::Progress(p)) = msg.payload {
+                seen.fetch_max(p.bytes_received, Ordering::Relaxed);
+            }
+        }
+        Ok::<_, tonic::Status>(())
+    });
+    let options = api::ImportRequest {
+        payload: Some(api::import_request::Payload::Options(
+            api::ImportOptions::default(),
+        )),
+    };
+    tx.send(options).await.unwrap();
+    for chunk in archive[..cut].chunks(rpc::CHUNK) {
+        let req = api::ImportRequest {
+            payload: Some(api::import_request::Payload::Chunk(chunk.to_vec())),
+        };
+        tx.send(req).await.expect("supd ended the import early");
+    }
+    // supd reports progress now and then: all bytes, or a quiet spell of 3 s, means it has
+    // taken what was sent.
+    let mut last = (0, Instant::now());
+    loop {
+        let now = received.load(Ordering::Relaxed);
+        if now >= cut as i64 || last.1.elapsed() > Duration::from_secs(3) {
+            eprintln!("supd reported {now} of the {cut} bytes sent before the kill");
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    take_down(&mut daemon, Down::Kill).await;
+    drop(tx);
+    let ended = tokio::time::timeout(Duration::from_secs(10), call).await;
+    assert!(
+        matches!(ended, Ok(Ok(Err(_)))),
+        "the import call must fail when supd dies: {ended:?}"
+    );
+
+    daemon.restart().await;
+    let client = daemon.client().await;
+    let images = rpc::list_images(&client).await;
+    assert!(
+        images.is_empty(),
+        "images after the cut import: {images:#?}"
+    );
+    let held = rpc::holdings(&client).await;
+    assert!(
+        held.is_empty(),
+        "left by the cut import (blobs wholly sent before the cut: {blobs:?}): {held:#?}"
+    );
+    let problems = metadata_problems(&client).await;
+    assert!(
+        problems.is_empty(),
+        "metadata after the cut import: {problems:#?}"
+    );
+    let on_disk = files_under(&daemon.root().join("content"));
+    // No gc RPC or command exists yet to collect these; they are reported, not judged.
+    eprintln!("files under <root>/content after the restart: {on_disk:#?}");
+
+    // The same archive imports whole afterwards, and removing it leaves nothing.
+    let imported = rpc::import_ok(&client, api::ImportOptions::default(), &archive).await;
+    assert_eq!(imported.len(), 1, "{imported:#?}");
+    let inspected = rpc::inspect(&client, BIG_IMAGE).await;
+    assert_eq!(inspected.chain_id, image.chain_id(), "{inspected:#?}");
+    let problems = metadata_problems(&client).await;
+    assert!(
+        problems.is_empty(),
+        "metadata after the second import: {problems:#?}"
+    );
+    rpc::delete_image(&client, BIG_IMAGE).await.unwrap();
+    rpc::assert_nothing_left(&client, "the image removed").await;
+    let mounts = sup_tests::mounts::mounts_under(daemon.dir()).unwrap();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }

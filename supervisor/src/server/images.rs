@@ -384,17 +384,124 @@ impl Images for ImagesApi {
 
     type PullStream = BoxStream<api::PullResponse>;
 
-    async fn pull(&self, _req: Request<api::PullRequest>) -> RpcResult<Self::PullStream> {
-        Err(Status::unimplemented(
-            "pulling from registries is not available in this version of supd",
-        ))
+    async fn pull(&self, req: Request<api::PullRequest>) -> RpcResult<Self::PullStream> {
+        use crate::service::images::pull::PullOptions;
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        // A bad reference is a plain error, not a broken stream.
+        crate::image::reference::parse_normalized(&req.reference).map_err(status)?;
+        let opts = PullOptions {
+            reference: req.reference,
+            platform: platform_opt(req.platform),
+            snapshotter: req.snapshotter,
+            unpack: !req.no_unpack,
+            access: registry_access(req.auth, req.plain_http, req.skip_verify),
+            labels: labels(req.labels),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let sink = tx.clone();
+        let progress: crate::registry::progress::ProgressFn = Arc::new(move |blobs| {
+            let _ = sink.try_send(Ok(api::PullResponse {
+                blobs: blobs_out(&blobs),
+                image: None,
+            }));
+        });
+        let services = self.0.clone();
+        tokio::spawn(async move {
+            let (cancel, watcher) = cancel_when_closed(&tx);
+            let result = services.image_pull(&ns, opts, progress, cancel).await;
+            watcher.abort();
+            let msg = result.map_err(status).map(|p| api::PullResponse {
+                blobs: blobs_out(&p.blobs),
+                image: Some(image_out(&p.image)),
+            });
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type PushStream = BoxStream<api::PushResponse>;
 
-    async fn push(&self, _req: Request<api::PushRequest>) -> RpcResult<Self::PushStream> {
-        Err(Status::unimplemented(
-            "pushing to registries is not available in this version of supd",
-        ))
+    async fn push(&self, req: Request<api::PushRequest>) -> RpcResult<Self::PushStream> {
+        use crate::service::images::push::PushOptions;
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        // Unknown image or bad target: a plain error, not a broken stream.
+        let image = self.0.image_get(&ns, &req.name).map_err(status)?;
+        let target = (!req.target.is_empty()).then_some(req.target);
+        if let Some(t) = &target {
+            crate::image::reference::parse_normalized(t).map_err(status)?;
+        }
+        let opts = PushOptions {
+            name: image.name,
+            target,
+            access: registry_access(req.auth, req.plain_http, req.skip_verify),
+            platform: platform_opt(req.platform),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let sink = tx.clone();
+        let progress: crate::registry::progress::ProgressFn = Arc::new(move |blobs| {
+            let _ = sink.try_send(Ok(api::PushResponse {
+                blobs: blobs_out(&blobs),
+                digest: String::new(),
+            }));
+        });
+        let services = self.0.clone();
+        tokio::spawn(async move {
+            let (cancel, watcher) = cancel_when_closed(&tx);
+            let result = services.image_push(&ns, opts, progress, cancel).await;
+            watcher.abort();
+            let msg = result.map_err(status).map(|p| api::PushResponse {
+                blobs: blobs_out(&p.blobs),
+                digest: p.digest,
+            });
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+fn registry_access(
+    auth: Option<api::RegistryAuth>,
+    plain_http: bool,
+    skip_verify: bool,
+) -> crate::registry::Access {
+    crate::registry::Access {
+        credentials: auth.map(|a| crate::registry::Credentials {
+            username: a.username,
+            password: a.password,
+            token: a.token,
+        }),
+        plain_http,
+        skip_verify,
+    }
+}
+
+fn blobs_out(blobs: &[crate::registry::progress::BlobProgress]) -> Vec<api::BlobProgress> {
+    blobs
+        .iter()
+        .map(|b| api::BlobProgress {
+            digest: b.digest.clone(),
+            media_type: b.media_type.clone(),
+            size: b.size,
+            offset: b.offset,
+            status: b.status.as_str().to_string(),
+        })
+        .collect()
+}
+
+/// A cancel signal that fires when the client stops reading the response stream.
+fn cancel_when_closed<T: Send + 'static>(
+    tx: &mpsc::Sender<T>,
+) -> (
+    crate::registry::progress::Cancel,
+    tokio::task::JoinHandle<()>,
+) {
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let tx = tx.clone();
+    let watcher = tokio::spawn(async move {
+        tx.closed().await;
+        let _ = cancel_tx.send(true);
+    });
+    (cancel_rx, watcher)
 }

@@ -20,13 +20,18 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The process's state letter (R, S, Z...).
-pub fn state(pid: u32) -> Option<String> {
+pub fn proc_state(pid: u32) -> Option<String> {
     stat_field(pid, 3)
 }
 
 pub fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -81,6 +86,8 @@ fn container_of(pid: u32, ns: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let path = line.splitn(3, ':').nth(2)?;
         let rest = path.strip_prefix(&prefix)?;
+        // A cgroup removed while a (zombie) process still counts in it reads "ID (deleted)".
+        let rest = rest.strip_suffix(" (deleted)").unwrap_or(rest);
         rest.split('/')
             .next()
             .filter(|id| !id.is_empty())
@@ -101,9 +108,7 @@ pub fn runtime_processes(state: &Path) -> Vec<u32> {
     let state = state.to_string_lossy().into_owned();
     pids()
         .into_iter()
-        .filter(|&pid| {
-            exe_name(pid).is_some_and(|n| n == "runc") && cmdline(pid).contains(&state)
-        })
+        .filter(|&pid| exe_name(pid).is_some_and(|n| n == "runc") && cmdline(pid).contains(&state))
         .collect()
 }
 
@@ -117,7 +122,8 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 /// Everything on the host that belongs to a task of the world's namespace that is not in
-/// `live`, one line each; empty when the host matches the task list.
+/// `live`, one line each; empty when the host matches the task list. A snapshot: processes
+/// just killed may still await their reaper, see [`host_settles`].
 pub fn host_leftovers(world: &World, live: &BTreeSet<String>) -> Vec<String> {
     let daemon = &world.daemon;
     let state = daemon.state();
@@ -126,8 +132,9 @@ pub fn host_leftovers(world: &World, live: &BTreeSet<String>) -> Vec<String> {
     for (pid, id) in namespace_processes(&world.ns) {
         if !live.contains(&id) {
             left.push(format!(
-                "process {pid} ({}) in the cgroup of {id:?}, which has no task",
-                cmdline(pid)
+                "process {pid} ({:?}, state {}) in the cgroup of {id:?}, which has no task",
+                cmdline(pid),
+                proc_state(pid).unwrap_or_default()
             ));
         }
     }
@@ -175,4 +182,17 @@ pub fn host_leftovers(world: &World, live: &BTreeSet<String>) -> Vec<String> {
         left.push(format!("runtime command {pid} ({})", cmdline(pid)));
     }
     left
+}
+
+/// Polls [`host_leftovers`] until it is empty or `timeout` passes; returns the last findings.
+pub async fn host_settles(
+    world: &World,
+    live: &BTreeSet<String>,
+    timeout: std::time::Duration,
+) -> Result<(), Vec<String>> {
+    crate::rpc::eventually(timeout, || async {
+        let left = host_leftovers(world, live);
+        left.is_empty().then_some(()).ok_or(left)
+    })
+    .await
 }
