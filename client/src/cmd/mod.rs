@@ -11,6 +11,7 @@ mod containers;
 mod events;
 mod exec;
 mod images;
+mod leases;
 mod logs;
 mod namespaces;
 pub mod output;
@@ -98,6 +99,11 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Print the daemon's events as they happen
     Events(events::EventsArgs),
+    /// List, create and remove leases (they protect work from garbage collection)
+    #[command(subcommand, visible_alias = "lease")]
+    Leases(leases::LeasesCommand),
+    /// Collect garbage now: content, blobs and layer snapshots nothing uses
+    Gc(leases::GcArgs),
 }
 
 /// Runs the command the user asked for.
@@ -115,6 +121,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Attach(args) => attach::run(&ctx, args).await,
         Command::Events(args) => events::run(&ctx, args).await,
+        Command::Leases(cmd) => leases::run(&ctx, cmd).await,
+        Command::Gc(args) => leases::gc(&ctx, args).await,
     }
 }
 

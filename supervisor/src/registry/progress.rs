@@ -1,6 +1,6 @@
 //! Progress of the blobs of a pull or push, reported to the caller as whole snapshots: at
 //! once on every change of status, at most every 200 ms while bytes flow. Also the
-//! cancellation signal transfers watch.
+//! cancellation signal transfers watch, and bounded concurrency for them.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -179,6 +179,20 @@ pub async fn unless_cancelled<T>(
         r = fut => r,
         _ = cancelled(cancel) => Err(Error::Cancelled("cancelled by the caller".into())),
     }
+}
+
+/// Runs `futs` with at most `limit` of them in flight; outputs in completion order.
+pub async fn bounded<F: Future>(futs: Vec<F>, limit: usize) -> Vec<F::Output> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut pending = futs.into_iter();
+    let mut running = FuturesUnordered::new();
+    running.extend(pending.by_ref().take(limit.max(1)));
+    let mut out = Vec::new();
+    while let Some(o) = running.next().await {
+        out.push(o);
+        running.extend(pending.next());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::content::{digest, Hold, Writer};
@@ -22,7 +21,7 @@ use crate::image::reference::{self, Reference};
 use crate::image::platform;
 use crate::labels::{self, Labels};
 use crate::registry::progress::{
-    unless_cancelled, BlobProgress, BlobStatus, Cancel, ProgressFn, Tracker,
+    bounded, unless_cancelled, BlobProgress, BlobStatus, Cancel, ProgressFn, Tracker,
 };
 use crate::registry::{Access, Intent, Repository};
 use crate::service::Services;
@@ -329,10 +328,11 @@ impl Services {
             })
         };
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
-        let parallel = self.registry.config().max_concurrent_downloads;
-        let downloads = {
-            let (stop_rx, stop_tx) = (stop_rx.clone(), stop_tx.clone());
-            futures::stream::iter(r.layers.iter().enumerate()).map(move |(i, layer)| {
+        let jobs: Vec<_> = r
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
                 let (stop, stop_tx, ready) = (stop_rx.clone(), stop_tx.clone(), ready_tx.clone());
                 async move {
                     let res = self.fetch_layer(ctx, layer, stop).await;
@@ -347,9 +347,10 @@ impl Services {
                     (layer.digest.clone(), res)
                 }
             })
-        }
-        .buffer_unordered(parallel)
-        .collect::<Vec<_>>();
+            .collect();
+        // Each job holds a sender: the unpacker learns the downloads are over when all drop.
+        drop(ready_tx);
+        let downloads = bounded(jobs, self.registry.config().max_concurrent_downloads);
         let unpacks = self.unpack_as_ready(ctx, r, snapshotter, &mut ready_rx, stop_rx.clone());
         let ((results, ()), (unpacked, unpack_result)) = tokio::join!(
             async {

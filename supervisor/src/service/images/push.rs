@@ -5,14 +5,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::StreamExt;
-
 use crate::error::{Error, Result};
 use crate::image::oci;
 use crate::image::{platform, reference};
 use crate::registry::client::SentFn;
 use crate::registry::progress::{
-    unless_cancelled, BlobProgress, BlobStatus, Cancel, ProgressFn, Tracker,
+    bounded, unless_cancelled, BlobProgress, BlobStatus, Cancel, ProgressFn, Tracker,
 };
 use crate::registry::{Access, Intent, Repository};
 use crate::service::Services;
@@ -114,15 +112,16 @@ impl Services {
         }
         let cfg = self.registry.config();
         let (parallel, chunk) = (cfg.max_concurrent_uploads, cfg.upload_chunk_size);
-        let results: Vec<Result<()>> = futures::stream::iter(plan.blobs.iter())
+        let jobs: Vec<_> = plan
+            .blobs
+            .iter()
             .map(|b| async move {
                 self.push_blob(repo, b, chunk, tracker)
                     .await
                     .map_err(|e| e.context(format!("blob {}", b.digest)))
             })
-            .buffer_unordered(parallel)
-            .collect()
-            .await;
+            .collect();
+        let results = bounded(jobs, parallel).await;
         results.into_iter().collect::<Result<Vec<()>>>()?;
         for (d, data) in plan.children.iter() {
             tracker.status(&d.digest, BlobStatus::Uploading);
