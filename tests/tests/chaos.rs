@@ -606,7 +606,8 @@ async fn chaos(how: Down, default_seed: u64) {
         );
         let mut wrong = std::mem::take(&mut model.lock().unwrap().failures);
         let events = EventLog::open(&world).await;
-        let (found, tasks) = check_round(&world, &model.lock().unwrap(), &residents).await;
+        let known = model.lock().unwrap().clone();
+        let (found, tasks) = check_round(&world, &known, &residents).await;
         wrong.extend(found);
         wrong.extend(settle_round(&world, &model, &events, &tasks, round).await);
         settle_images(&world, &model).await;

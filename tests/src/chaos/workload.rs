@@ -84,7 +84,7 @@ pub enum ImageState {
 }
 
 /// Everything the workload did, for the checks after a restart.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     pub containers: BTreeMap<String, Ctr>,
     pub execs: Vec<Exec>,
