@@ -27,3 +27,4 @@ trap 'rm -f "$image"' EXIT
 deploy/make-busybox-image.sh "$image" busybox:latest >/dev/null
 supctl --address "$address" images import "$image"
 supctl --address "$address" images ls
+supctl --address "$address" run --rm busybox "hello-$$" echo "hello from a sup container"
