@@ -63,6 +63,18 @@ async fn traced<T>(
     .await
 }
 
+/// Runs a call that changes the container to its end even if the caller goes away (supd may
+/// be killed mid-call): a cancelled future could stop between the runtime's work and the
+/// shim's record of it, leaving a process half-started or a start marked as under way forever.
+async fn settled<T: Send + 'static>(
+    span: tracing::Span,
+    call: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(traced(span, call))
+        .await
+        .map_err(|e| Status::internal(format!("the call failed: {e}")))?
+}
+
 /// The one conversion from the shim's errors to gRPC statuses.
 pub fn to_status(e: Error) -> Status {
     let msg = e.to_string();
@@ -129,13 +141,16 @@ impl Shim for ShimService {
             terminal: req.terminal,
             cri_log_path: (!req.cri_log_path.is_empty()).then(|| PathBuf::from(req.cri_log_path)),
         };
-        let pid = traced(self.span("Create", ""), self.container.create(spec)).await?;
+        let c = self.container.clone();
+        let pid = settled(self.span("Create", ""), async move { c.create(spec).await }).await?;
         Ok(Response::new(CreateResponse { pid }))
     }
 
     async fn start(&self, req: Request<StartRequest>) -> RpcResult<StartResponse> {
         let exec_id = req.into_inner().exec_id;
-        let pid = traced(self.span("Start", &exec_id), self.container.start(&exec_id)).await?;
+        let c = self.container.clone();
+        let span = self.span("Start", &exec_id);
+        let pid = settled(span, async move { c.start(&exec_id).await }).await?;
         Ok(Response::new(StartResponse { pid }))
     }
 
@@ -158,10 +173,11 @@ impl Shim for ShimService {
 
     async fn kill(&self, req: Request<KillRequest>) -> RpcResult<()> {
         let req = req.into_inner();
-        traced(
-            self.span("Kill", &req.exec_id),
-            self.container.kill(&req.exec_id, req.signal, req.all),
-        )
+        let c = self.container.clone();
+        let span = self.span("Kill", &req.exec_id);
+        settled(span, async move {
+            c.kill(&req.exec_id, req.signal, req.all).await
+        })
         .await?;
         Ok(Response::new(()))
     }
@@ -178,11 +194,9 @@ impl Shim for ShimService {
 
     async fn delete(&self, req: Request<DeleteRequest>) -> RpcResult<DeleteResponse> {
         let exec_id = req.into_inner().exec_id;
-        let exit = traced(
-            self.span("Delete", &exec_id),
-            self.container.delete(&exec_id),
-        )
-        .await?;
+        let c = self.container.clone();
+        let span = self.span("Delete", &exec_id);
+        let exit = settled(span, async move { c.delete(&exec_id).await }).await?;
         Ok(Response::new(DeleteResponse {
             pid: exit.pid,
             exit_status: exit.status,
@@ -201,12 +215,14 @@ impl Shim for ShimService {
     }
 
     async fn pause(&self, _: Request<()>) -> RpcResult<()> {
-        traced(self.span("Pause", ""), self.container.pause()).await?;
+        let c = self.container.clone();
+        settled(self.span("Pause", ""), async move { c.pause().await }).await?;
         Ok(Response::new(()))
     }
 
     async fn resume(&self, _: Request<()>) -> RpcResult<()> {
-        traced(self.span("Resume", ""), self.container.resume()).await?;
+        let c = self.container.clone();
+        settled(self.span("Resume", ""), async move { c.resume().await }).await?;
         Ok(Response::new(()))
     }
 
@@ -221,10 +237,11 @@ impl Shim for ShimService {
     }
 
     async fn update(&self, req: Request<UpdateRequest>) -> RpcResult<()> {
-        traced(
-            self.span("Update", ""),
-            self.container.update(&req.into_inner().resources),
-        )
+        let c = self.container.clone();
+        let resources = req.into_inner().resources;
+        settled(self.span("Update", ""), async move {
+            c.update(&resources).await
+        })
         .await?;
         Ok(Response::new(()))
     }

@@ -49,9 +49,7 @@ impl std::fmt::Debug for Authorization {
 impl Authorization {
     pub fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self {
-            Authorization::Basic { username, password } => {
-                req.basic_auth(username, Some(password))
-            }
+            Authorization::Basic { username, password } => req.basic_auth(username, Some(password)),
             Authorization::Bearer(t) => req.bearer_auth(t),
         }
     }
@@ -163,10 +161,7 @@ pub async fn fetch_token(
         ))
     })?;
     let mut url = reqwest::Url::parse(realm).map_err(|e| {
-        Error::Unavailable(format!(
-            "token realm {:?} of {host}: {e}",
-            printable(realm)
-        ))
+        Error::Unavailable(format!("token realm {:?} of {host}: {e}", printable(realm)))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Error::Unavailable(format!(

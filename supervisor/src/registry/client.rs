@@ -1,16 +1,15 @@
 //! The distribution API calls for one repository, over the endpoints that serve its registry:
-//! manifests by tag or digest, blobs (streamed, from an offset), blob existence, uploads
-//! (monolithic or chunked) and manifest puts. Every call answers a 401 by authenticating
-//! once and trying again; errors carry the kind a caller can act on.
+//! the session (authentication on a 401, then once more), manifests by tag or digest, and
+//! blobs streamed from an offset; the push side is in `upload`. Errors carry the kind a
+//! caller can act on and the registry's own words.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::{StatusCode, Url};
 
 use crate::content::digest;
 use crate::error::{printable, Error, Result};
@@ -25,7 +24,7 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
      application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+pub(super) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 /// Most bytes of an error answer read for its message.
 const MAX_ERROR_BODY: usize = 64 << 10;
 
@@ -100,13 +99,10 @@ impl BlobStream {
     }
 }
 
-/// Counts bytes sent by an upload.
-pub type SentFn = Arc<dyn Fn(u64) + Send + Sync>;
-
 /// A session with one repository.
 pub struct Repository {
     name: String,
-    endpoints: Vec<Endpoint>,
+    pub(super) endpoints: Vec<Endpoint>,
     intent: Intent,
     stall: Duration,
     /// The endpoint that served the last manifest: blobs are asked from it first.
@@ -133,7 +129,7 @@ impl Repository {
         self.stall
     }
 
-    fn url(&self, ep: &Endpoint, tail: &str) -> Url {
+    pub(super) fn url(&self, ep: &Endpoint, tail: &str) -> Url {
         let mut u = ep.info.base.clone();
         let path = format!("{}/{}/{tail}", ep.info.base.path(), self.name);
         u.set_path(&path);
@@ -148,7 +144,7 @@ impl Repository {
     }
 
     /// Sends the request `build` makes, authenticating and sending again after a 401.
-    async fn send(
+    pub(super) async fn send(
         &self,
         ep: &Endpoint,
         url: &Url,
@@ -158,10 +154,13 @@ impl Repository {
         let own_host = url.host_str() == ep.info.base.host_str()
             && url.port_or_known_default() == ep.info.base.port_or_known_default();
         let mut retried = false;
+        let mut tries = 0;
         loop {
+            tries += 1;
             let mut req = build(&ep.client, url.clone());
+            let sent_with = ep.current_auth();
             if own_host {
-                if let Some(a) = ep.current_auth() {
+                if let Some(a) = &sent_with {
                     req = a.apply(req);
                 }
             }
@@ -182,10 +181,16 @@ impl Repository {
                 }
                 Ok(Ok(r)) => r,
             };
-            if resp.status() == StatusCode::UNAUTHORIZED && !retried && own_host {
-                retried = true;
-                if self.authorize(ep, resp.headers()).await? {
+            if resp.status() == StatusCode::UNAUTHORIZED && own_host && tries < 4 {
+                // A concurrent request authenticated meanwhile: try what it got first.
+                if ep.current_auth() != sent_with {
                     continue;
+                }
+                if !retried {
+                    retried = true;
+                    if self.authorize(ep, resp.headers()).await? {
+                        continue;
+                    }
                 }
             }
             return Ok(resp);
@@ -235,7 +240,7 @@ impl Repository {
     }
 
     /// The error an unsuccessful answer stands for, with the registry's own message.
-    async fn status_error(&self, ep: &Endpoint, resp: reqwest::Response) -> Error {
+    pub(super) async fn status_error(&self, ep: &Endpoint, resp: reqwest::Response) -> Error {
         let status = resp.status();
         let body = read_limited(resp, MAX_ERROR_BODY, self.stall)
             .await
@@ -276,7 +281,7 @@ impl Repository {
         out
     }
 
-    fn no_endpoint(&self, what: &str) -> Error {
+    pub(super) fn no_endpoint(&self, what: &str) -> Error {
         Error::precondition(format!(
             "no endpoint of this registry may {what} (see its hosts.toml capabilities)"
         ))
@@ -318,7 +323,12 @@ impl Repository {
         Err(combine(errors))
     }
 
-    async fn manifest_from(&self, ep: &Endpoint, reference: &str, by_digest: bool) -> Result<Fetched> {
+    async fn manifest_from(
+        &self,
+        ep: &Endpoint,
+        reference: &str,
+        by_digest: bool,
+    ) -> Result<Fetched> {
         let url = self.url(ep, &format!("manifests/{reference}"));
         let build = |c: &reqwest::Client, u: Url| c.get(u).header(ACCEPT, MANIFEST_ACCEPT);
         let resp = self.send(ep, &url, &build).await?;
@@ -431,127 +441,6 @@ impl Repository {
         check_blob(digest, size, &data)?;
         Ok(data)
     }
-
-    fn push_endpoint(&self) -> Result<&Endpoint> {
-        self.endpoints
-            .iter()
-            .find(|e| e.info.capabilities.push)
-            .ok_or_else(|| self.no_endpoint("push"))
-    }
-
-    /// Whether the registry has blob `digest` in this repository.
-    pub async fn has_blob(&self, digest: &str) -> Result<bool> {
-        let ep = self.push_endpoint()?;
-        let url = self.url(ep, &format!("blobs/{digest}"));
-        let resp = self.send(ep, &url, &|c, u| c.head(u)).await?;
-        match resp.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.status_error(ep, resp).await),
-        }
-    }
-
-    /// Uploads the blob stored at `path`: in one PUT when it is at most `chunk` bytes, else
-    /// in PATCHes of `chunk` bytes and a closing PUT.
-    pub async fn upload_blob(
-        &self,
-        digest: &str,
-        size: u64,
-        path: PathBuf,
-        chunk: u64,
-        sent: SentFn,
-    ) -> Result<()> {
-        let ep = self.push_endpoint()?;
-        let start = self.url(ep, "blobs/uploads/");
-        let resp = self
-            .send(ep, &start, &|c, u| c.post(u).header(CONTENT_LENGTH, "0"))
-            .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(self.status_error(ep, resp).await);
-        }
-        let mut location = self.location(ep, resp.headers())?;
-        let mut offset = 0u64;
-        if size > chunk {
-            while offset < size {
-                let n = chunk.min(size - offset);
-                let (p, s) = (path.clone(), sent.clone());
-                let patch = move |c: &reqwest::Client, u: Url| {
-                    c.request(Method::PATCH, u)
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header("content-range", format!("{offset}-{}", offset + n - 1))
-                        .header(CONTENT_LENGTH, n.to_string())
-                        .body(file_body(p.clone(), offset, n, s.clone()))
-                };
-                let resp = self.send(ep, &location, &patch).await?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(self.status_error(ep, resp).await);
-                }
-                location = self.location(ep, resp.headers())?;
-                offset += n;
-            }
-        }
-        let mut done = location.clone();
-        done.query_pairs_mut().append_pair("digest", digest);
-        let rest = size - offset;
-        let put = move |c: &reqwest::Client, u: Url| {
-            let r = c
-                .put(u)
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_LENGTH, rest.to_string());
-            if rest == 0 {
-                r
-            } else {
-                r.body(file_body(path.clone(), offset, rest, sent.clone()))
-            }
-        };
-        let resp = self.send(ep, &done, &put).await?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(self.status_error(ep, resp).await);
-        }
-        Ok(())
-    }
-
-    fn location(&self, ep: &Endpoint, headers: &HeaderMap) -> Result<Url> {
-        let loc = header_str(headers, LOCATION.as_str()).ok_or_else(|| {
-            Error::Unavailable(format!(
-                "{}: upload answer without a Location",
-                ep.info.host
-            ))
-        })?;
-        ep.info.base.join(&loc).map_err(|e| {
-            Error::Unavailable(format!(
-                "{}: upload Location {:?}: {e}",
-                ep.info.host,
-                printable(&loc)
-            ))
-        })
-    }
-
-    /// Puts a manifest or index under `reference` (a tag or its digest).
-    pub async fn put_manifest(&self, reference: &str, media_type: &str, data: &[u8]) -> Result<()> {
-        let ep = self.push_endpoint()?;
-        let url = self.url(ep, &format!("manifests/{reference}"));
-        let body = Bytes::copy_from_slice(data);
-        let put = |c: &reqwest::Client, u: Url| {
-            c.put(u)
-                .header(CONTENT_TYPE, media_type)
-                .body(body.clone())
-        };
-        let resp = self.send(ep, &url, &put).await?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(self.status_error(ep, resp).await);
-        }
-        let ours = digest::of_bytes(data);
-        if let Some(theirs) = header_str(resp.headers(), DOCKER_CONTENT_DIGEST) {
-            if theirs.starts_with("sha256:") && theirs != ours {
-                return Err(Error::DataLoss(format!(
-                    "the registry stored manifest {ours} as {}",
-                    printable(&theirs)
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Checks a whole blob against its descriptor.
@@ -571,54 +460,7 @@ pub fn check_blob(d: &str, size: i64, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A request body that streams `len` bytes of the file from `offset`, counting them.
-fn file_body(path: PathBuf, offset: u64, len: u64, sent: SentFn) -> reqwest::Body {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let stream = futures::stream::unfold(
-        (None::<tokio::fs::File>, len, path),
-        move |(file, left, path)| {
-            let sent = sent.clone();
-            async move {
-                if left == 0 {
-                    return None;
-                }
-                let mut f = match file {
-                    Some(f) => f,
-                    None => {
-                        let opened = async {
-                            let mut f = tokio::fs::File::open(&path).await?;
-                            f.seek(std::io::SeekFrom::Start(offset)).await?;
-                            Ok::<_, std::io::Error>(f)
-                        };
-                        match opened.await {
-                            Ok(f) => f,
-                            Err(e) => return Some((Err(e), (None, 0, path))),
-                        }
-                    }
-                };
-                let mut buf = vec![0u8; left.min(256 << 10) as usize];
-                match f.read(&mut buf).await {
-                    Ok(0) => Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "blob file shorter than its size",
-                        )),
-                        (None, 0, path),
-                    )),
-                    Ok(n) => {
-                        buf.truncate(n);
-                        sent(n as u64);
-                        Some((Ok(Bytes::from(buf)), (Some(f), left - n as u64, path)))
-                    }
-                    Err(e) => Some((Err(e), (None, 0, path))),
-                }
-            }
-        },
-    );
-    reqwest::Body::wrap_stream(stream)
-}
-
-fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -736,10 +578,7 @@ fn combine(mut errors: Vec<(String, Error)>) -> Error {
         .collect::<Vec<_>>()
         .join("; ");
     let best = errors.iter().map(|(_, e)| rank(e)).min().unwrap_or(5);
-    let kind = errors
-        .into_iter()
-        .map(|(_, e)| e)
-        .find(|e| rank(e) == best);
+    let kind = errors.into_iter().map(|(_, e)| e).find(|e| rank(e) == best);
     match kind {
         Some(Error::PermissionDenied(_)) => Error::PermissionDenied(msg),
         Some(Error::DataLoss(_)) => Error::DataLoss(msg),
@@ -756,7 +595,8 @@ mod tests {
 
     #[test]
     fn registry_errors_are_read() {
-        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         assert_eq!(registry_message(body).as_deref(), Some("manifest unknown"));
         let body = br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#;
         assert_eq!(registry_message(body).as_deref(), Some("name unknown"));

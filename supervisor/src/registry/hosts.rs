@@ -324,8 +324,8 @@ ca = "ca.pem"
 
     #[test]
     fn mirror_only_drops_the_server() {
-        let eps = parse_str("mirror_only = true\n[host.\"http://127.0.0.1:5001\"]\n")
-            .expect("parse");
+        let eps =
+            parse_str("mirror_only = true\n[host.\"http://127.0.0.1:5001\"]\n").expect("parse");
         assert_eq!(eps.len(), 1);
         assert!(parse_str("mirror_only = true\n").is_err());
     }

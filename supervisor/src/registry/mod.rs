@@ -14,8 +14,10 @@ use crate::image::reference::Reference;
 
 pub mod auth;
 pub mod client;
+pub mod fetch;
 pub mod hosts;
 pub mod progress;
+pub mod upload;
 
 pub use client::Repository;
 
@@ -36,8 +38,27 @@ pub struct RegistryConfig {
     pub upload_chunk_size: u64,
     /// Credentials by registry host (`[registry."host:port"]`), used when a request brings
     /// none.
-    #[serde(flatten)]
+    #[serde(flatten, deserialize_with = "host_tables")]
     pub hosts: BTreeMap<String, HostCredentials>,
+}
+
+/// The `[registry."host"]` tables; any other unknown key is a mistake worth naming.
+fn host_tables<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, HostCredentials>, D::Error> {
+    use serde::de::Error as _;
+    let raw: BTreeMap<String, toml::Value> = BTreeMap::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::Table(t) => t
+                .try_into::<HostCredentials>()
+                .map(|c| (k.clone(), c))
+                .map_err(|e| D::Error::custom(format!("[registry.{k:?}]: {e}"))),
+            _ => Err(D::Error::custom(format!(
+                "unknown setting {k:?} (credentials go in [registry.\"host\"] tables)"
+            ))),
+        })
+        .collect()
 }
 
 impl Default for RegistryConfig {
@@ -246,9 +267,8 @@ impl Registry {
         for path in ca {
             let pem = std::fs::read(path)
                 .map_err(|e| Error::io(format!("registry CA file {}", path.display()), e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::invalid(format!("registry CA file {}: {e}", path.display()))
-            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::invalid(format!("registry CA file {}: {e}", path.display())))?;
             if certs.is_empty() {
                 return Err(Error::invalid(format!(
                     "registry CA file {}: holds no PEM certificate",
@@ -285,6 +305,8 @@ mod tests {
         assert_eq!(c.hosts["localhost:5000"].username, "u");
         assert!(!format!("{c:?}").contains("\"p\""));
         assert!(toml::from_str::<RegistryConfig>("[\"h\"]\nuser = \"u\"\n").is_err());
+        let typo = toml::from_str::<RegistryConfig>("stall_timout = 5\n").expect_err("typo");
+        assert!(typo.to_string().contains("unknown setting \"stall_timout\""), "{typo}");
         assert!(toml::from_str::<RegistryConfig>("stall_timeout = \"x\"\n").is_err());
     }
 }

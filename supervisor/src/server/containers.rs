@@ -6,7 +6,7 @@ use sup_proto::v1::{self as api, containers_server::Containers};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    labels, labels_out, mask_paths, namespace, required, status, timestamp, RpcResult,
+    labels, labels_out, mask_paths, namespace, required, settled, status, timestamp, RpcResult,
 };
 use crate::service::containers::{Container, NewContainer};
 use crate::service::Services;
@@ -142,7 +142,8 @@ impl Containers for ContainersApi {
             extensions: c.extensions.into_iter().collect(),
             overrides: overrides_in(req.config.unwrap_or_default()),
         };
-        let created = self.0.container_create(&ns, new).await.map_err(status)?;
+        let svc = self.0.clone();
+        let created = settled(async move { svc.container_create(&ns, new).await }).await?;
         Ok(Response::new(api::CreateContainerResponse {
             container: Some(out(&created)?),
         }))
@@ -183,10 +184,8 @@ impl Containers for ContainersApi {
     async fn delete(&self, req: Request<api::DeleteContainerRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
-        self.0
-            .container_delete(&ns, &req.id, req.keep_snapshot)
-            .await
-            .map_err(status)?;
+        let svc = self.0.clone();
+        settled(async move { svc.container_delete(&ns, &req.id, req.keep_snapshot).await }).await?;
         Ok(Response::new(()))
     }
 }

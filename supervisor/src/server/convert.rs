@@ -132,3 +132,14 @@ pub fn mount_out(m: &snapshot::Mount) -> api::Mount {
 pub fn required<T>(v: Option<T>, what: &str) -> Result<T, Status> {
     v.ok_or_else(|| Status::invalid_argument(format!("{what} is required")))
 }
+
+/// Runs a call that changes state to its end even if the client goes away: a dropped future
+/// could stop between two steps (a shim started but not recorded, a task half deleted).
+pub async fn settled<T: Send + 'static>(
+    call: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(call)
+        .await
+        .map_err(|e| Status::internal(format!("the call failed: {e}")))?
+        .map_err(status)
+}

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{namespace, status, timestamp, RpcResult};
+use super::convert::{namespace, settled, status, timestamp, RpcResult};
 use crate::error::Error;
 use crate::filters::{Filter, Filterable};
 use crate::service::tasks::{shim::from_status, ProcessStatus};
@@ -124,11 +124,8 @@ impl Tasks for TasksApi {
     ) -> RpcResult<api::CreateTaskResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self
-            .0
-            .task_create(&ns, &r.container_id, r.stdin)
-            .await
-            .map_err(status)?;
+        let (svc, id) = (self.0.clone(), r.container_id.clone());
+        let task = settled(async move { svc.task_create(&ns, &id, r.stdin).await }).await?;
         Ok(Response::new(api::CreateTaskResponse {
             container_id: r.container_id,
             pid: task.pid,
@@ -138,22 +135,17 @@ impl Tasks for TasksApi {
     async fn start(&self, req: Request<api::StartRequest>) -> RpcResult<api::StartResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let pid = self
-            .0
-            .task_start(&ns, &r.container_id, &r.exec_id)
-            .await
-            .map_err(status)?;
+        let svc = self.0.clone();
+        let pid =
+            settled(async move { svc.task_start(&ns, &r.container_id, &r.exec_id).await }).await?;
         Ok(Response::new(api::StartResponse { pid }))
     }
 
     async fn delete(&self, req: Request<api::DeleteTaskRequest>) -> RpcResult<api::DeleteResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let p = self
-            .0
-            .task_delete(&ns, &r.container_id, r.force)
-            .await
-            .map_err(status)?;
+        let (svc, id) = (self.0.clone(), r.container_id.clone());
+        let p = settled(async move { svc.task_delete(&ns, &id, r.force).await }).await?;
         Ok(Response::new(delete_out(&r.container_id, &p)))
     }
 
@@ -163,11 +155,8 @@ impl Tasks for TasksApi {
     ) -> RpcResult<api::DeleteResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let p = self
-            .0
-            .task_delete_process(&ns, &r.container_id, &r.exec_id)
-            .await
-            .map_err(status)?;
+        let (svc, id, exec_id) = (self.0.clone(), r.container_id.clone(), r.exec_id.clone());
+        let p = settled(async move { svc.task_delete_process(&ns, &id, &exec_id).await }).await?;
         Ok(Response::new(delete_out(&r.container_id, &p)))
     }
 
@@ -216,10 +205,12 @@ impl Tasks for TasksApi {
     async fn kill(&self, req: Request<api::KillRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        self.0
-            .task_kill(&ns, &r.container_id, &r.exec_id, r.signal, r.all)
-            .await
-            .map_err(status)?;
+        let svc = self.0.clone();
+        settled(async move {
+            svc.task_kill(&ns, &r.container_id, &r.exec_id, r.signal, r.all)
+                .await
+        })
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -229,10 +220,12 @@ impl Tasks for TasksApi {
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("exec: spec is required"))?;
-        self.0
-            .task_exec(&ns, &r.container_id, &r.exec_id, &spec, r.stdin)
-            .await
-            .map_err(status)?;
+        let svc = self.0.clone();
+        settled(async move {
+            svc.task_exec(&ns, &r.container_id, &r.exec_id, &spec, r.stdin)
+                .await
+        })
+        .await?;
         Ok(Response::new(()))
     }
 

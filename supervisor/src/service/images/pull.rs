@@ -13,13 +13,14 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::content::{digest, Hold, Writer};
+use crate::content::{digest, Hold};
 use crate::error::{Error, Result};
 use crate::events::topic;
 use crate::image::oci::{self, ImageConfig, Manifest, MAX_DOCUMENT};
-use crate::image::reference::{self, Reference};
 use crate::image::platform;
+use crate::image::reference::{self, Reference};
 use crate::labels::{self, Labels};
+use crate::registry::fetch::BlobFetch;
 use crate::registry::progress::{
     bounded, unless_cancelled, BlobProgress, BlobStatus, Cancel, ProgressFn, Tracker,
 };
@@ -33,8 +34,6 @@ use super::{parse_doc, Doc, Image, Resolved};
 
 /// Most layers an image may have: far above what any builder makes.
 const MAX_LAYERS: usize = 1000;
-/// Bytes gathered from the network before each write to the ingest.
-const WRITE_BATCH: usize = 1 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -101,7 +100,15 @@ impl Services {
         let mut undo = Undo::default();
         tracing::info!(namespace = ns, reference = %name, "pulling");
         let result = self
-            .pull_inner(&ctx, &opts, &r, &name, snapshotter.as_ref(), cancel, &mut undo)
+            .pull_inner(
+                &ctx,
+                &opts,
+                &r,
+                &name,
+                snapshotter.as_ref(),
+                cancel,
+                &mut undo,
+            )
             .await;
         match result {
             Ok(image) => Ok(Pulled {
@@ -186,8 +193,8 @@ impl Services {
             for c in &children {
                 digest::validate(&c.digest)?;
             }
-            let lone = (children.len() == 1 && children[0].platform.is_none())
-                .then(|| &children[0]);
+            let lone =
+                (children.len() == 1 && children[0].platform.is_none()).then(|| &children[0]);
             let pick = platform::select(&want, children.iter())
                 .or(lone)
                 .cloned()
@@ -238,8 +245,7 @@ impl Services {
                     ctx.repo.small_blob(&config.digest, config.size),
                 )
                 .await?;
-                self.keep_document(ctx, &config, data.clone(), undo)
-                    .await?;
+                self.keep_document(ctx, &config, data.clone(), undo).await?;
                 data
             }
         };
@@ -333,9 +339,16 @@ impl Services {
             .iter()
             .enumerate()
             .map(|(i, layer)| {
-                let (stop, stop_tx, ready) = (stop_rx.clone(), stop_tx.clone(), ready_tx.clone());
+                let (mut stop, stop_tx, ready) =
+                    (stop_rx.clone(), stop_tx.clone(), ready_tx.clone());
                 async move {
-                    let res = self.fetch_layer(ctx, layer, stop).await;
+                    let fetch = BlobFetch {
+                        content: &self.content,
+                        ns: ctx.ns,
+                        repo: &ctx.repo,
+                        tracker: &ctx.tracker,
+                    };
+                    let res = fetch.fetch(layer, &mut stop).await;
                     match &res {
                         Ok(_) => {
                             let _ = ready.send(i);
@@ -429,7 +442,9 @@ impl Services {
                 .await;
                 match job {
                     Ok(Ok(done)) => made.push(done),
-                    Ok(Err(e)) => return (made, Err(e.context(format!("unpacking layer {digest}")))),
+                    Ok(Err(e)) => {
+                        return (made, Err(e.context(format!("unpacking layer {digest}"))))
+                    }
                     Err(e) => return (made, Err(e.into())),
                 }
                 ctx.tracker.status(&digest, BlobStatus::Unpacked);
@@ -437,167 +452,6 @@ impl Services {
             }
         }
         (made, Ok(()))
-    }
-
-    /// Fetches one layer into the content store, resuming a partial ingest. Returns whether
-    /// this created the namespace's record of it.
-    async fn fetch_layer(
-        self: &Arc<Self>,
-        ctx: &Ctx<'_>,
-        layer: &Descriptor,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<bool> {
-        digest::validate(&layer.digest)?;
-        if layer.size < 0 {
-            return Err(Error::invalid("negative size"));
-        }
-        let d = layer.digest.as_str();
-        let r = format!("pull-{d}");
-        for attempt in 0..2 {
-            if self.content.blob_exists(d)? {
-                ctx.tracker.status(d, BlobStatus::Exists);
-                return Ok(false);
-            }
-            let Some(w) = self.open_ingest(ctx, &r, layer, &mut stop).await? else {
-                ctx.tracker.status(d, BlobStatus::Exists);
-                return Ok(false);
-            };
-            let resumed = w.status().offset > 0;
-            match self.download(ctx, &r, w, layer, &mut stop).await {
-                // Bytes kept from an earlier try may be what is wrong: once more from zero.
-                Err(Error::DataLoss(m)) if resumed && attempt == 0 => {
-                    tracing::info!(digest = d, error = %m, "resumed download is corrupt; starting over");
-                }
-                other => return other,
-            }
-        }
-        Err(Error::DataLoss(format!("blob {d}: corrupt twice")))
-    }
-
-    /// The ingest writer for a layer; None when the blob turned up while waiting for
-    /// another pull that writes the same ingest.
-    async fn open_ingest(
-        self: &Arc<Self>,
-        ctx: &Ctx<'_>,
-        r: &str,
-        layer: &Descriptor,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Writer>> {
-        let deadline = tokio::time::Instant::now() + ctx.repo.stall();
-        loop {
-            match self.content.writer(ctx.ns, r, layer.size, &layer.digest) {
-                Ok(w) => return Ok(Some(w)),
-                Err(Error::Unavailable(_)) if tokio::time::Instant::now() < deadline => {}
-                Err(e) => return Err(e),
-            }
-            let nap = tokio::time::sleep(std::time::Duration::from_millis(200));
-            unless_cancelled(stop, async {
-                nap.await;
-                Ok(())
-            })
-            .await?;
-            if self.content.blob_exists(&layer.digest)? {
-                return Ok(None);
-            }
-        }
-    }
-
-    /// Streams the rest of a layer into `w` and commits it.
-    async fn download(
-        self: &Arc<Self>,
-        ctx: &Ctx<'_>,
-        r: &str,
-        mut w: Writer,
-        layer: &Descriptor,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<bool> {
-        let d = layer.digest.clone();
-        let size = layer.size;
-        let mut offset = w.status().offset;
-        if offset > size {
-            w = self.restart_ingest(ctx.ns, r, w, layer)?;
-            offset = 0;
-        }
-        if offset < size {
-            ctx.tracker.status(&d, BlobStatus::Downloading);
-            ctx.tracker.offset(&d, offset);
-            let mut body = unless_cancelled(stop, ctx.repo.blob(&d, offset as u64)).await?;
-            if offset > 0 && !body.partial {
-                tracing::debug!(digest = %d, "the registry ignored the range: starting over");
-                w = self.restart_ingest(ctx.ns, r, w, layer)?;
-                offset = 0;
-            }
-            let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-            let received: Result<()> = loop {
-                let next = unless_cancelled(stop, body.next()).await;
-                let chunk = match next {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
-                };
-                if offset + (buf.len() + chunk.len()) as i64 > size {
-                    buf.clear();
-                    break Err(Error::DataLoss(format!(
-                        "blob {d}: the registry sent more than the {size} bytes announced"
-                    )));
-                }
-                buf.extend_from_slice(&chunk);
-                if buf.len() >= WRITE_BATCH {
-                    let n = buf.len() as i64;
-                    (w, buf) = write_batch(w, offset, buf).await?;
-                    offset += n;
-                    ctx.tracker.offset(&d, offset);
-                }
-            };
-            // What arrived before a failure is kept for the next try.
-            if !buf.is_empty() {
-                let n = buf.len() as i64;
-                (w, _) = write_batch(w, offset, buf).await?;
-                offset += n;
-            }
-            received?;
-            if offset < size {
-                let _ = w.checkpoint();
-                return Err(Error::DataLoss(format!(
-                    "blob {d}: the registry sent {offset} of {size} bytes: truncated"
-                )));
-            }
-        }
-        let (store, ns, r, expected) = (
-            self.content.clone(),
-            ctx.ns.to_string(),
-            r.to_string(),
-            d.clone(),
-        );
-        let committed = tokio::task::spawn_blocking(move || {
-            let had = store.has(&ns, &expected)?;
-            match w.commit(size, &expected, &Labels::new()) {
-                Ok(_) => Ok(!had),
-                Err(e) => {
-                    // A verified mismatch: these bytes can never become the blob.
-                    let _ = store.abort(&ns, &r);
-                    Err(match e {
-                        Error::FailedPrecondition(m) => Error::DataLoss(format!(
-                            "blob {expected}: content does not match its digest ({m})"
-                        )),
-                        other => other,
-                    })
-                }
-            }
-        })
-        .await??;
-        ctx.tracker.status(&d, BlobStatus::Done);
-        Ok(committed)
-    }
-
-    /// Drops what an ingest holds and opens it again, empty.
-    fn restart_ingest(&self, ns: &str, r: &str, w: Writer, layer: &Descriptor) -> Result<Writer> {
-        drop(w);
-        match self.content.abort(ns, r) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-        self.content.writer(ns, r, layer.size, &layer.digest)
     }
 
     /// Records every blob of the pulled image in the namespace and names the image.
@@ -646,16 +500,6 @@ impl Services {
         self.publish_image(ns, event, name, &rec);
         Ok((Image::from_record(name.to_string(), rec), replaced))
     }
-}
-
-async fn write_batch(mut w: Writer, offset: i64, buf: Vec<u8>) -> Result<(Writer, Vec<u8>)> {
-    tokio::task::spawn_blocking(move || {
-        w.write_at(offset, &buf)?;
-        let mut buf = buf;
-        buf.clear();
-        Ok((w, buf))
-    })
-    .await?
 }
 
 fn check_document_size(d: &Descriptor) -> Result<()> {

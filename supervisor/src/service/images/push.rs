@@ -8,10 +8,10 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::image::oci;
 use crate::image::{platform, reference};
-use crate::registry::client::SentFn;
 use crate::registry::progress::{
     bounded, unless_cancelled, BlobProgress, BlobStatus, Cancel, ProgressFn, Tracker,
 };
+use crate::registry::upload::SentFn;
 use crate::registry::{Access, Intent, Repository};
 use crate::service::Services;
 use crate::store::{Descriptor, Platform};
@@ -61,9 +61,10 @@ impl Services {
         let what = format!("push {:?}", dest.to_string());
         let this = self.clone();
         let (ns2, target, want) = (ns.to_string(), image.target.clone(), opts.platform.clone());
-        let plan = tokio::task::spawn_blocking(move || this.push_plan(&ns2, &target, want.as_ref()))
-            .await?
-            .map_err(|e| e.context(format!("image {:?}", image.name)).context(&what))?;
+        let plan =
+            tokio::task::spawn_blocking(move || this.push_plan(&ns2, &target, want.as_ref()))
+                .await?
+                .map_err(|e| e.context(format!("image {:?}", image.name)).context(&what))?;
         // The blobs stay on disk while they are being sent, whatever happens to the image.
         let _holds: Vec<_> = plan
             .blobs
