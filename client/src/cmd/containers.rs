@@ -8,7 +8,7 @@ use sup_client::api::{
 
 use super::output::{labels_json, print_json, print_text, relative_time, time_json, Format};
 use super::output::{OutputArg, Table};
-use super::{report, Context, Exit};
+use super::Context;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ContainersCommand {
@@ -148,25 +148,16 @@ pub fn container_json(c: &Container) -> Value {
 }
 
 async fn remove(ctx: &Context, ids: &[String], keep_snapshot: bool) -> anyhow::Result<()> {
-    let mut client = ctx.client().await?.containers();
-    let mut failed = false;
-    for id in ids {
-        let request = DeleteContainerRequest {
-            id: id.clone(),
-            keep_snapshot,
-        };
-        match client.delete(request).await {
-            Ok(_) => print_text(&format!("{id}\n"))?,
-            Err(status) => {
-                failed = true;
-                report(&status.into());
-            }
+    let client = ctx.client().await?.containers();
+    super::remove_each(ids, |id| {
+        let mut c = client.clone();
+        async move {
+            c.delete(DeleteContainerRequest { id, keep_snapshot })
+                .await
+                .map(|_| ())
         }
-    }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

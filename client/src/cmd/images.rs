@@ -14,7 +14,7 @@ use sup_client::api::{
 use super::args::{parse_platform, platform_string};
 use super::output::{descriptor_json, human_size, image_json, labels_text, platform_json};
 use super::output::{print_json, print_text, relative_time, to_datetime, Format, OutputArg, Table};
-use super::{report, Context, Exit};
+use super::Context;
 
 /// How many Inspect calls `images ls` makes at once for the SIZE column.
 const INSPECT_CONCURRENCY: usize = 8;
@@ -252,22 +252,12 @@ fn inspect_text(r: &InspectImageResponse) -> String {
 }
 
 async fn remove(ctx: &Context, references: &[String]) -> anyhow::Result<()> {
-    let mut client = ctx.client().await?.images();
-    let mut failed = false;
-    for name in references {
-        let request = DeleteImageRequest { name: name.clone() };
-        match client.delete(request).await {
-            Ok(_) => print_text(&format!("{name}\n"))?,
-            Err(status) => {
-                failed = true;
-                report(&status.into());
-            }
-        }
-    }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    let client = ctx.client().await?.images();
+    super::remove_each(references, |name| {
+        let mut c = client.clone();
+        async move { c.delete(DeleteImageRequest { name }).await.map(|_| ()) }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use sup_client::api::{
 use super::args::{label_map, parse_label};
 use super::output::{labels_json, labels_text, print_json, print_text, time_json, Format};
 use super::output::{OutputArg, Table};
-use super::{report, Context, Exit};
+use super::Context;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum LeasesCommand {
@@ -110,21 +110,12 @@ async fn create(
 }
 
 async fn remove(ctx: &Context, ids: &[String]) -> anyhow::Result<()> {
-    let mut client = ctx.client().await?.leases();
-    let mut failed = false;
-    for id in ids {
-        match client.delete(DeleteLeaseRequest { id: id.clone() }).await {
-            Ok(_) => print_text(&format!("{id}\n"))?,
-            Err(status) => {
-                failed = true;
-                report(&status.into());
-            }
-        }
-    }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    let client = ctx.client().await?.leases();
+    super::remove_each(ids, |id| {
+        let mut c = client.clone();
+        async move { c.delete(DeleteLeaseRequest { id }).await.map(|_| ()) }
+    })
+    .await
 }
 
 /// `supctl gc`: collects now and says what went.

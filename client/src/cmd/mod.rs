@@ -106,6 +106,29 @@ pub enum Command {
     Gc(leases::GcArgs),
 }
 
+/// Removes each named object with `delete`, printing each name removed and reporting each
+/// failure; fails (exit 1) at the end if any did, so one bad name does not stop the rest.
+pub async fn remove_each<F, Fut>(names: &[String], mut delete: F) -> anyhow::Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut failed = false;
+    for name in names {
+        match delete(name.clone()).await {
+            Ok(()) => output::print_text(&format!("{name}\n"))?,
+            Err(status) => {
+                failed = true;
+                report(&status.into());
+            }
+        }
+    }
+    if failed {
+        return Err(Exit(1).into());
+    }
+    Ok(())
+}
+
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context::new(cli.address, cli.namespace, cli.output);

@@ -8,7 +8,7 @@ use sup_client::api::{
 use super::args::{label_map, parse_label};
 use super::output::{labels_json, labels_text, print_json, print_text, time_json, Format};
 use super::output::{OutputArg, Table};
-use super::{report, Context, Exit};
+use super::Context;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NamespacesCommand {
@@ -118,20 +118,10 @@ async fn create(ctx: &Context, name: String, labels: &[(String, String)]) -> any
 }
 
 async fn remove(ctx: &Context, names: &[String]) -> anyhow::Result<()> {
-    let mut client = ctx.client().await?.namespaces();
-    let mut failed = false;
-    for name in names {
-        let request = DeleteNamespaceRequest { name: name.clone() };
-        match client.delete(request).await {
-            Ok(_) => print_text(&format!("{name}\n"))?,
-            Err(status) => {
-                failed = true;
-                report(&status.into());
-            }
-        }
-    }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    let client = ctx.client().await?.namespaces();
+    super::remove_each(names, |name| {
+        let mut c = client.clone();
+        async move { c.delete(DeleteNamespaceRequest { name }).await.map(|_| ()) }
+    })
+    .await
 }

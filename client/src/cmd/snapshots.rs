@@ -10,7 +10,7 @@ use sup_client::Client;
 
 use super::output::{human_size, labels_json, print_json, print_text, time_json, Format};
 use super::output::{OutputArg, Table};
-use super::{report, Context, Exit};
+use super::Context;
 
 /// How many Usage calls run at once: each walks a directory tree on the daemon's side.
 const USAGE_CONCURRENCY: usize = 4;
@@ -148,25 +148,17 @@ fn print_list(infos: &[SnapshotInfo], format: Format) -> anyhow::Result<()> {
 }
 
 async fn remove(ctx: &Context, snapshotter: &str, keys: &[String]) -> anyhow::Result<()> {
-    let mut client = ctx.client().await?.snapshots();
-    let mut failed = false;
-    for key in keys {
-        let request = RemoveSnapshotRequest {
-            snapshotter: snapshotter.to_string(),
-            key: key.clone(),
-        };
-        match client.remove(request).await {
-            Ok(_) => print_text(&format!("{key}\n"))?,
-            Err(status) => {
-                failed = true;
-                report(&status.into());
-            }
+    let client = ctx.client().await?.snapshots();
+    super::remove_each(keys, |key| {
+        let mut c = client.clone();
+        let snapshotter = snapshotter.to_string();
+        async move {
+            c.remove(RemoveSnapshotRequest { snapshotter, key })
+                .await
+                .map(|_| ())
         }
-    }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    })
+    .await
 }
 
 async fn usage(
