@@ -2,6 +2,7 @@
 //! `transfer`, read-only mounts of an image's tree in `mount`.
 
 mod mount;
+mod registry;
 mod transfer;
 
 use chrono::{SecondsFormat, Utc};
@@ -25,6 +26,10 @@ pub enum ImagesCommand {
     Import(transfer::ImportArgs),
     /// Export images as an OCI image layout archive
     Export(transfer::ExportArgs),
+    /// Pull an image from a registry
+    Pull(registry::PullArgs),
+    /// Push an image (every platform held) to a registry
+    Push(registry::PushArgs),
     /// List images
     #[command(visible_alias = "list")]
     Ls {
@@ -65,6 +70,8 @@ pub async fn run(ctx: &Context, cmd: ImagesCommand) -> anyhow::Result<()> {
     match cmd {
         ImagesCommand::Import(args) => transfer::import(ctx, args).await,
         ImagesCommand::Export(args) => transfer::export(ctx, args).await,
+        ImagesCommand::Pull(args) => registry::pull(ctx, args).await,
+        ImagesCommand::Push(args) => registry::push(ctx, args).await,
         ImagesCommand::Ls {
             filters,
             quiet,
