@@ -11,4 +11,4 @@ fi
 deploy/install-deps.sh
 cargo build --workspace --all-targets --quiet
 # Tests start real daemons; two cores run two test binaries' tests at a time.
-cargo test --workspace --quiet -- --test-threads="${SUP_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads="${SUP_TEST_THREADS:-4}"
