@@ -16,6 +16,9 @@
 //!   <ns>/<name>                           -> ImageRecord          name -> target descriptor
 //! tree "containers"
 //!   <ns>/<id>                             -> ContainerRecord
+//! tree "cri"                            owned by `cri`: the CRI's own records
+//!   sandbox/<id>                          -> sandbox record (metadata, netns, IP, state)
+//!   container/<id>                        -> CRI container record (metadata, log path)
 //! tree "leases"
 //!   <ns>/<id>                             -> LeaseRecord          labels, expiry, resources
 //! tree "snapshots"                        owned by `store::snapshots`
@@ -50,6 +53,7 @@ pub struct Store {
     pub containers: sled::Tree,
     pub leases: sled::Tree,
     pub snapshots: sled::Tree,
+    pub cri: sled::Tree,
 }
 
 impl Store {
@@ -84,6 +88,7 @@ impl Store {
             images: db.open_tree("images")?,
             containers: db.open_tree("containers")?,
             leases: db.open_tree("leases")?,
+            cri: db.open_tree("cri")?,
             snapshots: db.open_tree("snapshots")?,
             db,
         })
