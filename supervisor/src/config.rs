@@ -21,6 +21,29 @@ pub struct Config {
     pub gc: GcConfig,
     /// Pulls and pushes: hosts directory, credentials, concurrency, timeouts.
     pub registry: crate::registry::RegistryConfig,
+    /// The Kubernetes CRI: pause image and CNI locations.
+    pub cri: CriConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriConfig {
+    /// Image run as each pod's sandbox; empty means supd builds its own from `sup-pause`.
+    pub pause_image: String,
+    /// Where CNI network configurations (`*.conflist`) are read from.
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked up, in order.
+    pub cni_bin_dir: Vec<PathBuf>,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            pause_image: String::new(),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            cni_bin_dir: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +84,7 @@ impl Default for Config {
             log: LogConfig::default(),
             gc: GcConfig::default(),
             registry: Default::default(),
+            cri: CriConfig::default(),
         }
     }
 }

@@ -136,6 +136,20 @@ fn check_address_free(address: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes what a crash left in the state dir's scratch space (mount points of spec
+/// generation), unmounting first.
+pub fn clear_scratch(state: &Path) -> Result<()> {
+    let scratch = state.join("scratch");
+    let Ok(entries) = fs::read_dir(&scratch) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        crate::mount::unmount_all(&e.path())?;
+        let _ = fs::remove_dir_all(e.path());
+    }
+    Ok(())
+}
+
 /// Binds the API socket (mode 0660), replacing a stale one left by a crashed daemon (the
 /// root lock proves no live daemon owns it).
 pub fn bind(address: &Path) -> Result<UnixListener> {

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod content;
+pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod events;

@@ -108,15 +108,16 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = daemon::prepare(&cfg)?;
     let services = Arc::new(daemon::open_services(&cfg)?);
+    if let Err(e) = daemon::clear_scratch(&cfg.state) {
+        tracing::warn!(error = %e, "cannot clear the scratch directory");
+    }
     let (reconnected, cleaned) = services.recover_tasks().await;
     if reconnected + cleaned > 0 {
         tracing::info!(reconnected, cleaned, "tasks recovered");
     }
-    // What a crash left half-made is garbage now: nothing can be working on it.
-    match services
-        .gc(std::time::Duration::from_secs(cfg.gc.grace_seconds))
-        .await
-    {
+    // What a crash left half-made is garbage now: nothing can be working on it, and no
+    // grace either: multi-step client work survives a restart only under a lease.
+    match services.gc(std::time::Duration::ZERO).await {
         Ok(stats) => tracing::debug!(?stats, "start-up collection"),
         Err(e) => tracing::warn!(error = %e, "start-up garbage collection failed"),
     }
@@ -138,9 +139,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(server::serve(services.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let mut server = tokio::spawn(server::serve_with(
+        services.clone(),
+        cfg.cri.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let result = tokio::select! {
         r = &mut server => Some(r),
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }

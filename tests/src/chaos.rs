@@ -5,6 +5,7 @@
 
 mod host;
 mod meta;
+pub mod model;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -190,7 +191,7 @@ pub fn status_name(p: &api::Process) -> &'static str {
 }
 
 pub fn time_of(ts: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    ts.clone().and_then(|t| SystemTime::try_from(t).ok())
+    (*ts).and_then(|t| SystemTime::try_from(t).ok())
 }
 
 /// One line of a process's log and the time the log gives it.

@@ -5,15 +5,18 @@
 //! `sup_client` or the supctl binary, and checks unpacked trees entry by entry with [`Tree`].
 #![deny(unsafe_code)]
 
+pub mod big;
 pub mod bins;
 pub mod busybox;
 pub mod chaos;
+pub mod cri;
 pub mod daemon;
 pub mod digest;
 pub mod image;
 pub mod layer;
 pub mod model;
 pub mod mounts;
+pub mod registry;
 pub mod rpc;
 mod sys;
 pub mod tarfmt;

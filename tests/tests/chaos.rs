@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use sup_client::api;
-use sup_tests::chaos::workload::{Ctr, Exec, ExecStep, ImageState, Kind, Model, Step, Workload};
+use sup_tests::chaos::model::{
+    expect_container, expect_task, judge_exec, judge_task, ExecStep, ImageState, Kind, Model, Step,
+};
+use sup_tests::chaos::workload::Workload;
 use sup_tests::chaos::{
     bring_up, check_down, get_task, host_settles, list_tasks, log_tail, metadata_problems,
     shim_pid, signal_supd, status_name, Down, EventLog, Proc, Rng,
@@ -22,7 +25,7 @@ use sup_tests::image::name_annotations;
 use sup_tests::rpc;
 use sup_tests::task::{self, command, sh, World, EXIT_TIMEOUT};
 use sup_tests::{Compression, ImageBuilder, LayerBuilder, OciArchive};
-use tonic::{Code, Status};
+use tonic::Status;
 
 const ROUNDS: usize = 8;
 const LANES: usize = 2;
@@ -57,113 +60,6 @@ async fn start_resident(world: &World, id: &str) -> Resident {
 
 fn describe(s: &Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
-}
-
-/// Whether the container must exist (Some(true)), must not (Some(false)), or may either way.
-fn expect_container(c: &Ctr) -> Option<bool> {
-    match (c.done, c.asked) {
-        (_, Some(Step::ContainerCreated | Step::ContainerDeleted)) => None,
-        (Some(Step::ContainerDeleted) | None, _) => Some(false),
-        (Some(_), _) => Some(true),
-    }
-}
-
-/// Whether the container's task must exist, must not, or may either way.
-fn expect_task(c: &Ctr) -> Option<bool> {
-    match (c.done, c.asked) {
-        (_, Some(Step::TaskCreated | Step::TaskDeleted)) => None,
-        (Some(d), _) => Some((Step::TaskCreated..Step::TaskDeleted).contains(&d)),
-        (None, _) => Some(false),
-    }
-}
-
-/// What is wrong with a listed task, given what supd acknowledged about it.
-fn judge_task(id: &str, c: &Ctr, p: &api::Process) -> Vec<String> {
-    let long = c.kind == Kind::Long;
-    let allowed: &[&str] = match (c.done, c.asked) {
-        (_, Some(Step::TaskCreated)) => &["created"],
-        (Some(Step::TaskCreated), None) => &["created"],
-        (Some(Step::TaskCreated), _) if long => &["created", "running"],
-        (Some(Step::TaskCreated), _) => &["created", "running", "stopped"],
-        (Some(Step::Started), None) if long => &["running"],
-        (Some(Step::Started), _) => &["running", "stopped"],
-        _ => &["stopped"],
-    };
-    let status = status_name(p);
-    let mut wrong = Vec::new();
-    if !allowed.contains(&status) {
-        wrong.push(format!(
-            "task {id} ({:?}, acknowledged {:?}, in flight {:?}) is {status}, expected one of \
-             {allowed:?}: {p:?}",
-            c.kind, c.done, c.asked
-        ));
-    }
-    if c.pid.is_some_and(|pid| pid != p.pid) {
-        wrong.push(format!(
-            "task {id}: pid {}, created with {:?}",
-            p.pid, c.pid
-        ));
-    }
-    if status == "running" && !c.init.is_some_and(|i| i.alive()) {
-        wrong.push(format!(
-            "task {id} reported running, but its init {} is not the process it started as",
-            p.pid
-        ));
-    }
-    let code = match c.kind {
-        Kind::Long => 137,
-        Kind::Short(code) => code,
-    };
-    if status == "stopped" && p.exit_status != code {
-        wrong.push(format!(
-            "task {id}: exit status {}, expected {code}",
-            p.exit_status
-        ));
-    }
-    wrong
-}
-
-/// What is wrong with an exec'd process's Tasks.Get, given what supd acknowledged.
-fn judge_exec(e: &Exec, got: &Result<api::Process, Status>) -> Vec<String> {
-    let name = format!("exec {}/{}", e.container, e.exec_id);
-    let p = match got {
-        Err(s) if s.code() == Code::NotFound => {
-            let may_be_gone =
-                e.done.is_none_or(|d| d == ExecStep::Deleted) || e.asked == Some(ExecStep::Deleted);
-            return if may_be_gone {
-                vec![]
-            } else {
-                vec![format!(
-                    "{name} ({:?}, in flight {:?}) is gone",
-                    e.done, e.asked
-                )]
-            };
-        }
-        Err(s) => return vec![format!("{name}: Tasks.Get: {}", describe(s))],
-        Ok(p) => p,
-    };
-    let allowed: &[&str] = match (e.done, e.asked) {
-        (Some(ExecStep::Deleted), None) => &[],
-        (None, _) | (Some(ExecStep::Added), None) => &["created"],
-        (Some(ExecStep::Added), _) => &["created", "running", "stopped"],
-        (Some(ExecStep::Started), _) => &["running", "stopped"],
-        _ => &["stopped"],
-    };
-    let status = status_name(p);
-    let mut wrong = Vec::new();
-    if !allowed.contains(&status) {
-        wrong.push(format!(
-            "{name} (acknowledged {:?}, in flight {:?}) is {status}, expected {allowed:?}",
-            e.done, e.asked
-        ));
-    }
-    if status == "stopped" && p.exit_status != e.code {
-        wrong.push(format!(
-            "{name}: exit status {}, expected {}",
-            p.exit_status, e.code
-        ));
-    }
-    wrong
 }
 
 async fn container_ids(world: &World) -> Result<BTreeSet<String>, Status> {
@@ -403,10 +299,17 @@ async fn settle_round(
         } else {
             code
         };
-        match end_process(world, id, "", status_name(p), code, kill).await {
-            Ok(seen) => exits.push(seen),
-            Err(why) => wrong.push(why),
-        }
+        let code = match end_process(world, id, "", status_name(p), code, kill).await {
+            Ok(seen) => {
+                let code = seen.code;
+                exits.push(seen);
+                code
+            }
+            Err(why) => {
+                wrong.push(why);
+                code
+            }
+        };
         match world.delete_task(id, false).await {
             Ok(d) if d.exit_status == code => deleted.push(id.clone()),
             Ok(d) => wrong.push(format!("Tasks.Delete {id}: {d:?}, expected exit {code}")),
@@ -611,6 +514,9 @@ async fn chaos(how: Down, default_seed: u64) {
         wrong.extend(found);
         wrong.extend(settle_round(&world, &model, &events, &tasks, round).await);
         settle_images(&world, &model).await;
+        // The checks before and after the round's cleanup may find the same leftover.
+        let mut seen = BTreeSet::new();
+        wrong.retain(|w| seen.insert(w.clone()));
         if !wrong.is_empty() {
             panic!(
                 "SUP_CHAOS_SEED={seed}, round {round} ({how:?} after {uptime:?}; in flight: \

@@ -459,9 +459,21 @@ async fn import_cut_by_supd_sigkill_leaves_nothing_listed() {
         problems.is_empty(),
         "metadata after the cut import: {problems:#?}"
     );
-    let on_disk = files_under(&daemon.root().join("content"));
-    // No gc RPC or command exists yet to collect these; they are reported, not judged.
-    eprintln!("files under <root>/content after the restart: {on_disk:#?}");
+    eprintln!(
+        "files under <root>/content after the restart: {:#?}",
+        files_under(&daemon.root().join("content"))
+    );
+    let gc = daemon.supctl(&["gc"]);
+    assert!(
+        gc.status.success(),
+        "supctl gc: {}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let blobs = files_under(&daemon.root().join("content/blobs"));
+    assert!(
+        blobs.is_empty(),
+        "blob files left by the cut import after `supctl gc`: {blobs:#?}"
+    );
 
     // The same archive imports whole afterwards, and removing it leaves nothing.
     let imported = rpc::import_ok(&client, api::ImportOptions::default(), &archive).await;

@@ -199,7 +199,7 @@ pub async fn fetch_token(
         Ok(Err(e)) => {
             return Err(Error::Unavailable(format!(
                 "token server {realm_host}: {}",
-                super::client::describe(&e)
+                super::errors::describe(&e)
             )))
         }
         Ok(Ok(r)) => r,

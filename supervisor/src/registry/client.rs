@@ -16,7 +16,9 @@ use crate::error::{printable, Error, Result};
 use crate::image::oci::{self, MAX_DOCUMENT};
 
 use super::auth::{self, Authorization};
+use super::errors::{combine, describe, registry_message};
 use super::hosts::HostEndpoint;
+use super::progress::Activity;
 use super::{Credentials, Intent};
 
 /// What a manifest GET accepts: indexes and manifests, OCI's and Docker's.
@@ -150,6 +152,18 @@ impl Repository {
         url: &Url,
         build: &(dyn Fn(&reqwest::Client, Url) -> reqwest::RequestBuilder + Sync),
     ) -> Result<reqwest::Response> {
+        self.send_watched(ep, url, build, None).await
+    }
+
+    /// `send` for a request whose body takes a while: it is given up only when `activity`
+    /// (touched as the body is read) stays still for the stall timeout.
+    pub(super) async fn send_watched(
+        &self,
+        ep: &Endpoint,
+        url: &Url,
+        build: &(dyn Fn(&reqwest::Client, Url) -> reqwest::RequestBuilder + Sync),
+        activity: Option<&Activity>,
+    ) -> Result<reqwest::Response> {
         // Credentials go only to the endpoint's own host, not wherever a Location points.
         let own_host = url.host_str() == ep.info.base.host_str()
             && url.port_or_known_default() == ep.info.base.port_or_known_default();
@@ -164,7 +178,11 @@ impl Repository {
                     req = a.apply(req);
                 }
             }
-            let resp = match tokio::time::timeout(self.stall, req.send()).await {
+            let answer = match activity {
+                None => tokio::time::timeout(self.stall, req.send()).await,
+                Some(a) => a.watch(self.stall, req.send()).await,
+            };
+            let resp = match answer {
                 Err(_) => {
                     return Err(Error::Unavailable(format!(
                         "{}: no answer within {} s",
@@ -497,122 +515,5 @@ pub async fn read_limited(
             )));
         }
         out.extend_from_slice(&chunk);
-    }
-}
-
-/// The message of a distribution error body: `{"errors":[{"code":..,"message":..}]}`.
-fn registry_message(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        errors: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let b: Body = serde_json::from_slice(body).ok()?;
-    let parts: Vec<String> = b
-        .errors
-        .iter()
-        .take(3)
-        .map(|e| {
-            if e.message.is_empty() {
-                e.code.to_ascii_lowercase().replace('_', " ")
-            } else {
-                e.message.clone()
-            }
-        })
-        .filter(|m| !m.is_empty())
-        .collect();
-    (!parts.is_empty()).then(|| printable(&parts.join("; ")))
-}
-
-/// A transport error in words: what failed and the innermost cause, without the URL.
-pub fn describe(e: &reqwest::Error) -> String {
-    let mut causes: Vec<String> = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !causes.iter().any(|c| c.contains(&text)) {
-            causes.push(text);
-        }
-        src = s.source();
-    }
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_body() || e.is_decode() {
-        "the answer broke off"
-    } else {
-        "request failed"
-    };
-    match causes.last() {
-        Some(c) => printable(&format!("{what}: {c}")),
-        None => what.to_string(),
-    }
-}
-
-/// One error for a call that failed on every endpoint: the most telling kind (a refusal or
-/// a bad blob says more than an unreachable mirror), every endpoint's message.
-fn combine(mut errors: Vec<(String, Error)>) -> Error {
-    if errors.len() == 1 {
-        if let Some((_, e)) = errors.pop() {
-            return e;
-        }
-    }
-    let rank = |e: &Error| match e {
-        Error::PermissionDenied(_) => 0,
-        Error::DataLoss(_) => 1,
-        Error::InvalidArgument(_) => 2,
-        Error::NotFound(_) => 3,
-        Error::FailedPrecondition(_) => 4,
-        _ => 5,
-    };
-    let msg = errors
-        .iter()
-        .map(|(h, e)| format!("{h}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let best = errors.iter().map(|(_, e)| rank(e)).min().unwrap_or(5);
-    let kind = errors.into_iter().map(|(_, e)| e).find(|e| rank(e) == best);
-    match kind {
-        Some(Error::PermissionDenied(_)) => Error::PermissionDenied(msg),
-        Some(Error::DataLoss(_)) => Error::DataLoss(msg),
-        Some(Error::InvalidArgument(_)) => Error::InvalidArgument(msg),
-        Some(Error::NotFound(_)) => Error::NotFound(msg),
-        Some(Error::FailedPrecondition(_)) => Error::FailedPrecondition(msg),
-        _ => Error::Unavailable(msg),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_errors_are_read() {
-        let body =
-            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
-        assert_eq!(registry_message(body).as_deref(), Some("manifest unknown"));
-        let body = br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#;
-        assert_eq!(registry_message(body).as_deref(), Some("name unknown"));
-        assert_eq!(registry_message(b"<html>"), None);
-    }
-
-    #[test]
-    fn combined_errors_keep_the_most_telling_kind() {
-        let e = combine(vec![
-            ("mirror".into(), Error::Unavailable("cannot connect".into())),
-            ("server".into(), Error::NotFound("manifest unknown".into())),
-        ]);
-        assert!(matches!(e, Error::NotFound(_)));
-        assert_eq!(
-            e.to_string(),
-            "mirror: cannot connect; server: manifest unknown"
-        );
     }
 }

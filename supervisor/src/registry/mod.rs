@@ -14,6 +14,7 @@ use crate::image::reference::Reference;
 
 pub mod auth;
 pub mod client;
+pub mod errors;
 pub mod fetch;
 pub mod hosts;
 pub mod progress;
@@ -265,12 +266,16 @@ impl Registry {
             .pool_idle_timeout(Duration::from_secs(60))
             .danger_accept_invalid_certs(skip_verify);
         for path in ca {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::io(format!("registry CA file {}", path.display()), e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::invalid(format!("registry CA file {}: {e}", path.display())))?;
+            // A CA file named by the hosts configuration that cannot be used is the
+            // configuration's fault, not the request's.
+            let unusable = |e: String| {
+                Error::precondition(format!("registry CA file {}: {e}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
             if certs.is_empty() {
-                return Err(Error::invalid(format!(
+                return Err(Error::precondition(format!(
                     "registry CA file {}: holds no PEM certificate",
                     path.display()
                 )));
@@ -306,7 +311,11 @@ mod tests {
         assert!(!format!("{c:?}").contains("\"p\""));
         assert!(toml::from_str::<RegistryConfig>("[\"h\"]\nuser = \"u\"\n").is_err());
         let typo = toml::from_str::<RegistryConfig>("stall_timout = 5\n").expect_err("typo");
-        assert!(typo.to_string().contains("unknown setting \"stall_timout\""), "{typo}");
+        assert!(
+            typo.to_string()
+                .contains("unknown setting \"stall_timout\""),
+            "{typo}"
+        );
         assert!(toml::from_str::<RegistryConfig>("stall_timeout = \"x\"\n").is_err());
     }
 }

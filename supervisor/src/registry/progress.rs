@@ -1,6 +1,7 @@
 //! Progress of the blobs of a pull or push, reported to the caller as whole snapshots: at
 //! once on every change of status, at most every 200 ms while bytes flow. Also the
-//! cancellation signal transfers watch, and bounded concurrency for them.
+//! cancellation signal transfers watch, the stall watchdog of request bodies, and bounded
+//! concurrency.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -178,6 +179,50 @@ pub async fn unless_cancelled<T>(
     tokio::select! {
         r = fut => r,
         _ = cancelled(cancel) => Err(Error::Cancelled("cancelled by the caller".into())),
+    }
+}
+
+/// When a request body last made progress.
+#[derive(Clone)]
+pub struct Activity(Arc<Mutex<Instant>>);
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle(&self) -> Duration {
+        self.0.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// Runs `fut` until it ends, or until no progress was made for `stall`.
+    pub async fn watch<T>(
+        &self,
+        stall: Duration,
+        fut: impl std::future::Future<Output = T>,
+    ) -> std::result::Result<T, tokio::time::error::Elapsed> {
+        self.touch();
+        let tick = (stall / 4).max(Duration::from_millis(100));
+        tokio::pin!(fut);
+        loop {
+            match tokio::time::timeout(tick, &mut fut).await {
+                Ok(out) => return Ok(out),
+                Err(elapsed) if self.idle() >= stall => return Err(elapsed),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
     }
 }
 

@@ -13,6 +13,7 @@ use crate::content::digest;
 use crate::error::{printable, Error, Result};
 
 use super::client::{header_str, Endpoint, DOCKER_CONTENT_DIGEST};
+use super::progress::Activity;
 use super::Repository;
 
 /// Counts bytes sent by an upload.
@@ -49,6 +50,15 @@ impl Repository {
         sent: SentFn,
     ) -> Result<()> {
         let ep = self.push_endpoint()?;
+        // Bodies take as long as they take; only a body that stops moving is given up on.
+        let activity = Activity::new();
+        let sent: SentFn = {
+            let (a, inner) = (activity.clone(), sent);
+            Arc::new(move |n| {
+                a.touch();
+                inner(n)
+            })
+        };
         let start = self.url(ep, "blobs/uploads/");
         let resp = self
             .send(ep, &start, &|c, u| c.post(u).header(CONTENT_LENGTH, "0"))
@@ -69,7 +79,9 @@ impl Repository {
                         .header(CONTENT_LENGTH, n.to_string())
                         .body(file_body(p.clone(), offset, n, s.clone()))
                 };
-                let resp = self.send(ep, &location, &patch).await?;
+                let resp = self
+                    .send_watched(ep, &location, &patch, Some(&activity))
+                    .await?;
                 if resp.status() != StatusCode::ACCEPTED {
                     return Err(self.status_error(ep, resp).await);
                 }
@@ -91,7 +103,7 @@ impl Repository {
                 r.body(file_body(path.clone(), offset, rest, sent.clone()))
             }
         };
-        let resp = self.send(ep, &done, &put).await?;
+        let resp = self.send_watched(ep, &done, &put, Some(&activity)).await?;
         if resp.status() != StatusCode::CREATED {
             return Err(self.status_error(ep, resp).await);
         }

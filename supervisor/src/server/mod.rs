@@ -4,6 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use k8s_cri::v1::{
+    image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
+};
 use sup_proto::v1::{
     containers_server::ContainersServer, content_server::ContentServer,
     events_server::EventsServer, gc_server::GcServer, images_server::ImagesServer,
@@ -36,6 +39,22 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with(
+        services,
+        crate::config::CriConfig::default(),
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// `serve`, with the CRI's settings (pause image, CNI directories).
+pub async fn serve_with(
+    services: Arc<Services>,
+    cri_config: crate::config::CriConfig,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in [
         "sup.v1.Version",
@@ -48,6 +67,8 @@ pub async fn serve(
         "sup.v1.Tasks",
         "sup.v1.Leases",
         "sup.v1.Gc",
+        "runtime.v1.RuntimeService",
+        "runtime.v1.ImageService",
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -101,6 +122,20 @@ pub async fn serve(
         .add_service(ContainersServer::new(containers::ContainersApi(s.clone())))
         .add_service(LeasesServer::new(leases::LeasesApi(s.clone())))
         .add_service(GcServer::new(leases::GcApi(s.clone())))
+        // The Kubernetes CRI, in namespace "k8s.io" over the same services.
+        .add_service(
+            RuntimeServiceServer::new(crate::cri::runtime::CriRuntime::new(crate::cri::Cri::new(
+                s.clone(),
+                cri_config,
+            )))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(crate::cri::image::CriImages::new(s.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(
             TasksServer::new(tasks::TasksApi(s.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

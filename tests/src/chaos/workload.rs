@@ -1,10 +1,7 @@
 //! The chaos workload: lanes of random operations (imports, short and long containers, execs
 //! into long-lived containers, attaches, kills, deletes) against a World. Each lane records in
-//! a shared [`Model`] what supd acknowledged and what was still in flight when it went down,
-//! so that the state after a restart can be judged: certain where supd answered, either way
-//! where it did not.
+//! a shared [`Model`] what supd acknowledged and what was still in flight when it went down.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use super::model::{Ctr, Exec, ExecStep, ImageState, Kind, Model, Step};
 use super::{Proc, Rng};
 use crate::image::name_annotations;
 use crate::task::{command, sh, World};
@@ -23,100 +21,6 @@ use crate::{Compression, ImageBuilder, LayerBuilder, OciArchive};
 
 /// How long one call may take while supd is up.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `sleep 3600`: runs until killed.
-    Long,
-    /// Prints a line and exits with this code.
-    Short(u32),
-}
-
-/// A container's life, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Step {
-    ContainerCreated,
-    TaskCreated,
-    Started,
-    Killed,
-    Waited,
-    TaskDeleted,
-    ContainerDeleted,
-}
-
-/// What the test knows of a container it made.
-#[derive(Debug, Clone)]
-pub struct Ctr {
-    pub kind: Kind,
-    /// The last step supd acknowledged.
-    pub done: Option<Step>,
-    /// A step asked for and not answered.
-    pub asked: Option<Step>,
-    pub pid: Option<u32>,
-    pub init: Option<Proc>,
-}
-
-/// An exec'd process's life, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ExecStep {
-    Added,
-    Started,
-    Waited,
-    Deleted,
-}
-
-/// What the test knows of a process it exec'd.
-#[derive(Debug, Clone)]
-pub struct Exec {
-    pub container: String,
-    pub exec_id: String,
-    pub code: u32,
-    pub done: Option<ExecStep>,
-    pub asked: Option<ExecStep>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageState {
-    Importing,
-    Imported,
-    Deleting,
-    Deleted,
-}
-
-/// Everything the workload did, for the checks after a restart.
-#[derive(Debug, Default, Clone)]
-pub struct Model {
-    pub containers: BTreeMap<String, Ctr>,
-    pub execs: Vec<Exec>,
-    pub images: BTreeMap<String, ImageState>,
-    /// Wrong answers, and errors while supd was up: bugs.
-    pub failures: Vec<String>,
-    /// Operations completed.
-    pub ops: usize,
-}
-
-impl Model {
-    /// What was asked and not answered, for messages.
-    pub fn in_flight(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .containers
-            .iter()
-            .filter_map(|(id, c)| c.asked.map(|s| format!("{id}: {s:?}")))
-            .collect();
-        out.extend(
-            self.execs
-                .iter()
-                .filter_map(|e| Some(format!("{}/{}: {:?}", e.container, e.exec_id, e.asked?))),
-        );
-        out.extend(
-            self.images
-                .iter()
-                .filter(|(_, s)| matches!(s, ImageState::Importing | ImageState::Deleting))
-                .map(|(name, s)| format!("{name}: {s:?}")),
-        );
-        out
-    }
-}
 
 /// One round's workload against a world.
 pub struct Workload<'w> {
@@ -137,13 +41,13 @@ async fn read_attach(
     let mut exit = None;
     while let Some(msg) = stream.message().await? {
         match msg.payload {
-            Some(api::attach_response::Payload::Output(f)) => {
-                if f.stream == api::StdStream::Stdout as i32 {
-                    stdout.extend_from_slice(&f.data);
-                }
+            Some(api::attach_response::Payload::Output(f))
+                if f.stream == api::StdStream::Stdout as i32 =>
+            {
+                stdout.extend_from_slice(&f.data)
             }
             Some(api::attach_response::Payload::Exit(e)) => exit = Some(e.exit_status),
-            None => {}
+            _ => {}
         }
     }
     Ok((stdout, exit))

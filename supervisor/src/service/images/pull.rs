@@ -423,11 +423,11 @@ impl Services {
                 Some(i) if i < n => have[i] = true,
                 Some(_) => continue,
                 // Downloads ended without this layer: their error tells why.
-                None => return (made, Ok(())),
+                None => return (made, Err(stopped())),
             }
             while next < n && have[next] {
                 if *stop.borrow() {
-                    return (made, Ok(()));
+                    return (made, Err(stopped()));
                 }
                 let digest = r.layers[next].digest.clone();
                 ctx.tracker.status(&digest, BlobStatus::Unpacking);
@@ -500,6 +500,11 @@ impl Services {
         self.publish_image(ns, event, name, &rec);
         Ok((Image::from_record(name.to_string(), rec), replaced))
     }
+}
+
+/// Why work stopped when another part of the pull failed or the caller went away.
+fn stopped() -> Error {
+    Error::Cancelled("stopped before unpacking finished".into())
 }
 
 fn check_document_size(d: &Descriptor) -> Result<()> {

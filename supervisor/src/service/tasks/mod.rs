@@ -183,6 +183,18 @@ impl Services {
         id: &str,
         stdin: bool,
     ) -> Result<Arc<Task>> {
+        self.task_create_with(ns, id, stdin, None).await
+    }
+
+    /// `task_create`, with the shim also writing the output in the CRI log format to
+    /// `cri_log_path` (CRI containers).
+    pub async fn task_create_with(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        stdin: bool,
+        cri_log_path: Option<PathBuf>,
+    ) -> Result<Arc<Task>> {
         let container = self.container_get(ns, id)?;
         {
             let mut t = self
@@ -201,7 +213,7 @@ impl Services {
         let dir = self.task_dir(ns, id);
         let socket = shim::socket_path(&self.state, ns, id);
         match self
-            .task_create_inner(ns, id, stdin, &container, &dir, &socket)
+            .task_create_inner(ns, id, stdin, &container, &dir, cri_log_path.as_deref())
             .await
         {
             Ok(task) => {
@@ -227,8 +239,9 @@ impl Services {
         stdin: bool,
         container: &crate::service::containers::Container,
         dir: &Path,
-        socket: &Path,
+        cri_log_path: Option<&Path>,
     ) -> Result<Arc<Task>> {
+        let socket = &shim::socket_path(&self.state, ns, id);
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs)
@@ -282,7 +295,9 @@ impl Services {
                 runtime: container.runtime.name.clone(),
                 stdin,
                 terminal,
-                cri_log_path: String::new(),
+                cri_log_path: cri_log_path
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
             })
             .await
             .map_err(|s| runtime_refusal(from_status(&format!("creating task {id:?}"), s)))?

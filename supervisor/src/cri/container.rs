@@ -1,0 +1,607 @@
+//! CRI containers: create (a generated spec joined to the sandbox's namespaces), start with
+//! the CRI log, stop, remove, status, list, resource updates.
+
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use sup_proto::v1 as api;
+
+use super::records::{resolve, ContainerRecord, SandboxRecord};
+use super::sandbox::{host_network, namespace_options};
+use super::spec::{self as cspec, Ns};
+use super::{Cri, LABEL_KIND, LABEL_SANDBOX, NAMESPACE};
+use crate::error::{Error, Result};
+use crate::service::containers::NewContainer;
+use crate::spec::{MountSpec, Overrides};
+
+/// The user string the spec generator takes, from the security context. The CRI allows a
+/// group only with a user.
+fn user_of(sec: &cri::LinuxContainerSecurityContext) -> Result<String> {
+    let user = if !sec.run_as_username.is_empty() {
+        sec.run_as_username.clone()
+    } else if let Some(u) = &sec.run_as_user {
+        u.value.to_string()
+    } else if sec.run_as_group.is_some() {
+        return Err(Error::invalid(
+            "security context: run_as_group needs run_as_user or run_as_username",
+        ));
+    } else {
+        return Ok(String::new());
+    };
+    Ok(match &sec.run_as_group {
+        Some(g) => format!("{user}:{}", g.value),
+        None => user,
+    })
+}
+
+/// Adds the security context's supplemental groups to the process's.
+fn add_groups(spec: &mut serde_json::Value, groups: &[i64]) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let Some(user) = spec
+        .pointer_mut("/process/user")
+        .and_then(|u| u.as_object_mut())
+    else {
+        return Err(Error::internal("generated spec: no process user"));
+    };
+    let mut gids: Vec<u32> = user
+        .get("additionalGids")
+        .and_then(|g| serde_json::from_value(g.clone()).ok())
+        .unwrap_or_default();
+    for g in groups {
+        let g = u32::try_from(*g)
+            .map_err(|_| Error::invalid(format!("supplemental group {g}: not a valid gid")))?;
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    user.insert("additionalGids".into(), serde_json::json!(gids));
+    Ok(())
+}
+
+/// Generator overrides for a CRI container config in a sandbox.
+fn overrides(
+    config: &cri::ContainerConfig,
+    sandbox: &SandboxRecord,
+    sandbox_dir: &Path,
+) -> Result<Overrides> {
+    let linux = config.linux.clone().unwrap_or_default();
+    let sec = linux.security_context.clone().unwrap_or_default();
+    let res = linux.resources.clone().unwrap_or_default();
+    let caps = sec.capabilities.clone().unwrap_or_default();
+    let mut mounts: Vec<MountSpec> = config
+        .mounts
+        .iter()
+        .map(|m| MountSpec {
+            source: m.host_path.clone(),
+            destination: m.container_path.clone(),
+            kind: "bind".into(),
+            readonly: m.readonly,
+            options: Vec::new(),
+        })
+        .collect();
+    let resolv = sandbox_dir.join("resolv.conf");
+    if resolv.exists() && !mounts.iter().any(|m| m.destination == "/etc/resolv.conf") {
+        mounts.push(MountSpec {
+            source: resolv.to_string_lossy().into_owned(),
+            destination: "/etc/resolv.conf".into(),
+            kind: "bind".into(),
+            readonly: true,
+            options: Vec::new(),
+        });
+    }
+    let mut annotations: std::collections::BTreeMap<String, String> =
+        config.annotations.clone().into_iter().collect();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), sandbox.id.clone());
+    Ok(Overrides {
+        entrypoint: (!config.command.is_empty()).then(|| config.command.clone()),
+        command: (!config.args.is_empty()).then(|| config.args.clone()),
+        env: config
+            .envs
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect(),
+        working_dir: config.working_dir.clone(),
+        user: user_of(&sec)?,
+        tty: config.tty,
+        hostname: sandbox.config.hostname.clone(),
+        mounts,
+        readonly_rootfs: sec.readonly_rootfs,
+        memory_limit: res.memory_limit_in_bytes,
+        cpu_shares: u64::try_from(res.cpu_shares).unwrap_or(0),
+        cap_add: caps.add_capabilities.clone(),
+        cap_drop: caps.drop_capabilities.clone(),
+        privileged: sec.privileged,
+        host_network: host_network(&sandbox.config),
+        no_new_privileges: sec.no_new_privs,
+        annotations,
+        ..Default::default()
+    })
+}
+
+impl Cri {
+    pub fn resolve_container(&self, id: &str) -> Result<String> {
+        let all = self.records.containers()?;
+        resolve(all.iter().map(|c| c.id.as_str()), id, "container")
+    }
+
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String> {
+        let sandbox = self.records.sandbox(&self.resolve_sandbox(sandbox_id)?)?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::invalid("container config: metadata is required"))?;
+        if meta.name.is_empty() {
+            return Err(Error::invalid("container metadata: name is required"));
+        }
+        let spec_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let (target, names) = super::image::CriImages::new(self.services.clone())
+            .find(&spec_name)?
+            .ok_or_else(|| {
+                Error::not_found(format!("image {:?}", crate::error::printable(&spec_name)))
+            })?;
+        let image = names.first().map(|i| i.name.clone()).ok_or_else(|| {
+            Error::not_found(format!("image {:?}", crate::error::printable(&spec_name)))
+        })?;
+        let pause_pid = self.pause_pid(&sandbox)?;
+        let log_path = match (&sandbox.config.log_directory, &config.log_path) {
+            (_, p) if p.is_empty() => String::new(),
+            (d, p) if d.is_empty() => p.clone(),
+            (d, p) => Path::new(d).join(p).to_string_lossy().into_owned(),
+        };
+        if !log_path.is_empty() && !log_path.starts_with('/') {
+            return Err(Error::invalid(format!(
+                "log path {log_path:?}: must be absolute"
+            )));
+        }
+        let id = super::new_id()?;
+        let rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            config: config.clone(),
+            image: image.clone(),
+            image_ref: target.digest.clone(),
+            log_path,
+            created_at: super::now(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: None,
+            reason: String::new(),
+        };
+        self.records.put_container(&rec).await?;
+        let made = self.make_container(&rec, &sandbox, pause_pid).await;
+        if let Err(e) = made {
+            if self.services.container_get(NAMESPACE, &id).is_ok() {
+                let _ = self.services.container_delete(NAMESPACE, &id, false).await;
+            }
+            let _ = self.records.delete_container(&id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn make_container(
+        &self,
+        rec: &ContainerRecord,
+        sandbox: &SandboxRecord,
+        pause_pid: u32,
+    ) -> Result<()> {
+        let config = &rec.config;
+        let overrides = overrides(config, sandbox, &self.sandbox_dir(&sandbox.id))?;
+        let labels = [
+            (LABEL_KIND.to_string(), "container".to_string()),
+            (LABEL_SANDBOX.to_string(), sandbox.id.clone()),
+        ]
+        .into();
+        let created = self
+            .services
+            .container_create(
+                NAMESPACE,
+                NewContainer {
+                    id: rec.id.clone(),
+                    image: rec.image.clone(),
+                    labels,
+                    overrides,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut spec = created.spec.clone();
+        let linux = config.linux.clone().unwrap_or_default();
+        let sec = linux.security_context.clone().unwrap_or_default();
+        let res = linux.resources.clone().unwrap_or_default();
+        let pod = namespace_options(&sandbox.config);
+        let own = sec.namespace_options.clone().unwrap_or(pod.clone());
+        let of_pause = |kind: &str| Ns::Path(format!("/proc/{pause_pid}/ns/{kind}"));
+        let network = match &sandbox.netns {
+            Some(p) => Ns::Path(p.to_string_lossy().into_owned()),
+            None => Ns::Host,
+        };
+        let node = cri::NamespaceMode::Node as i32;
+        let pid = match cri::NamespaceMode::try_from(own.pid) {
+            Ok(cri::NamespaceMode::Node) => Ns::Host,
+            Ok(cri::NamespaceMode::Container) => Ns::New,
+            Ok(cri::NamespaceMode::Target) => {
+                let target = self
+                    .services
+                    .task(NAMESPACE, &self.resolve_container(&own.target_id)?)?;
+                Ns::Path(format!("/proc/{}/ns/pid", target.pid))
+            }
+            _ => of_pause("pid"),
+        };
+        cspec::set_namespaces(
+            &mut spec,
+            &[
+                ("network", network),
+                ("pid", pid),
+                (
+                    "ipc",
+                    if pod.ipc == node {
+                        Ns::Host
+                    } else {
+                        of_pause("ipc")
+                    },
+                ),
+                (
+                    "uts",
+                    if pod.network == node {
+                        Ns::Host
+                    } else {
+                        of_pause("uts")
+                    },
+                ),
+            ],
+        )?;
+        // The pod's host name lives in the pause's UTS namespace (or is the host's).
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("hostname");
+        }
+        add_groups(&mut spec, &sec.supplemental_groups)?;
+        cspec::set_cpu_quota(&mut spec, res.cpu_quota, res.cpu_period)?;
+        cspec::set_oom_score_adj(&mut spec, res.oom_score_adj);
+        cspec::add_devices(&mut spec, &config.devices)?;
+        // Older kubelets still name the profile in the deprecated string field.
+        #[allow(deprecated)]
+        let legacy = sec.seccomp_profile_path.clone();
+        if let Some(filter) = cspec::seccomp(sec.seccomp.as_ref(), &legacy)? {
+            if !sec.privileged {
+                spec["linux"]["seccomp"] = filter;
+            }
+        }
+        let mut c = created;
+        c.spec = spec;
+        self.services
+            .container_update(NAMESPACE, c, &["spec".to_string()])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let rec = self.records.container(&id)?;
+        if rec.started_at != 0 {
+            return Err(Error::precondition(format!(
+                "container {id:?} was already started"
+            )));
+        }
+        let sandbox = self.records.sandbox(&rec.sandbox_id)?;
+        self.pause_pid(&sandbox)?;
+        let log = (!rec.log_path.is_empty()).then(|| PathBuf::from(&rec.log_path));
+        if let Some(dir) = log.as_ref().and_then(|l| l.parent()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        self.services
+            .task_create_with(NAMESPACE, &id, rec.config.stdin, log)
+            .await?;
+        let started_at = super::now();
+        if let Err(e) = self.services.task_start(NAMESPACE, &id, "").await {
+            let _ = self.services.task_delete(NAMESPACE, &id, true).await;
+            let _ = self
+                .update_record(&id, |r| {
+                    r.started_at = started_at;
+                    r.finished_at = super::now();
+                    r.exit_code = Some(128);
+                    r.reason = "StartError".into();
+                })
+                .await;
+            return Err(e);
+        }
+        // The exit collector may have recorded an exit already: only the start time is ours.
+        self.update_record(&id, |r| r.started_at = started_at).await
+    }
+
+    /// Changes a container's record under `record_updates`; a record removed meanwhile stays
+    /// removed.
+    async fn update_record(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<()> {
+        let _updating = self.record_updates.lock().await;
+        let mut rec = match self.records.container(id) {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        f(&mut rec);
+        self.records.put_container(&rec).await
+    }
+
+    /// SIGTERM, up to `timeout` seconds, then SIGKILL; the exit is kept in the record and the
+    /// task deleted. Idempotent.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        if self.services.task(NAMESPACE, &id).is_err() {
+            return Ok(());
+        }
+        let st = match self.services.process_status(NAMESPACE, &id, "").await {
+            Ok(st) => st,
+            // Deleted meanwhile (the exit collector): stopped already.
+            Err(_) if !self.services.task_exists(NAMESPACE, &id) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if st.status == api::TaskStatus::Running || st.status == api::TaskStatus::Paused {
+            let mut stopped = false;
+            if timeout > 0 {
+                let _ = self.services.task_kill(NAMESPACE, &id, "", 15, false).await;
+                let wait = self.services.task_wait(NAMESPACE, &id, "");
+                let secs = u64::try_from(timeout).unwrap_or(0);
+                stopped = tokio::time::timeout(std::time::Duration::from_secs(secs), wait)
+                    .await
+                    .is_ok();
+            }
+            if !stopped {
+                let _ = self.services.task_kill(NAMESPACE, &id, "", 9, true).await;
+                if let Err(e) = self.services.task_wait(NAMESPACE, &id, "").await {
+                    // Collected and deleted meanwhile is stopped too.
+                    if self.services.task_exists(NAMESPACE, &id) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.collect_exit(&id).await
+    }
+
+    /// Records the exit of a container's task and deletes the task.
+    pub(super) async fn collect_exit(&self, id: &str) -> Result<()> {
+        let lock = self.task_lock(id);
+        let _deleting = lock.lock().await;
+        let deleted = match self.services.task_delete(NAMESPACE, id, true).await {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.update_record(id, |rec| {
+            rec.exit_code = Some(i32::try_from(deleted.exit_status).unwrap_or(255));
+            rec.finished_at = deleted
+                .exited_at
+                .map(super::nanos)
+                .unwrap_or_else(super::now);
+            rec.reason = exit_reason(deleted.exit_status, &deleted.reason);
+        })
+        .await
+    }
+
+    /// Kills and deletes the task, the sup container and the record. NotFound is success.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let id = match self.resolve_container(id) {
+            Ok(id) => id,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.collect_exit(&id).await?;
+        match self.services.container_delete(NAMESPACE, &id, false).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        let _updating = self.record_updates.lock().await;
+        self.records.delete_container(&id).await?;
+        self.drop_task_lock(&id);
+        Ok(())
+    }
+
+    pub async fn container_status(&self, rec: &ContainerRecord) -> cri::ContainerStatus {
+        let mut state = cri::ContainerState::ContainerCreated;
+        let (mut exit_code, mut finished_at, mut reason) = (
+            rec.exit_code.unwrap_or(0),
+            rec.finished_at,
+            rec.reason.clone(),
+        );
+        if self.services.container_get(NAMESPACE, &rec.id).is_err() {
+            state = cri::ContainerState::ContainerUnknown;
+        } else if self.services.task(NAMESPACE, &rec.id).is_ok() {
+            match self.services.process_status(NAMESPACE, &rec.id, "").await {
+                Ok(st) => match st.status {
+                    api::TaskStatus::Created => {}
+                    api::TaskStatus::Running
+                    | api::TaskStatus::Paused
+                    | api::TaskStatus::Pausing => state = cri::ContainerState::ContainerRunning,
+                    api::TaskStatus::Stopped => {
+                        state = cri::ContainerState::ContainerExited;
+                        exit_code = i32::try_from(st.exit_status).unwrap_or(255);
+                        finished_at = st.exited_at.map(super::nanos).unwrap_or(0);
+                        reason = exit_reason(st.exit_status, &st.reason);
+                    }
+                    api::TaskStatus::Unknown => state = cri::ContainerState::ContainerUnknown,
+                },
+                Err(_) => state = cri::ContainerState::ContainerUnknown,
+            }
+        } else if rec.started_at != 0 || rec.exit_code.is_some() {
+            state = cri::ContainerState::ContainerExited;
+        }
+        let mounts = rec
+            .config
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                ..Default::default()
+            })
+            .collect();
+        cri::ContainerStatus {
+            id: rec.id.clone(),
+            metadata: rec.config.metadata.clone(),
+            state: state as i32,
+            created_at: rec.created_at,
+            started_at: rec.started_at,
+            finished_at: if state == cri::ContainerState::ContainerExited {
+                finished_at
+            } else {
+                0
+            },
+            exit_code: if state == cri::ContainerState::ContainerExited {
+                exit_code
+            } else {
+                0
+            },
+            image: rec.config.image.clone(),
+            image_ref: rec.image_ref.clone(),
+            image_id: rec.image_ref.clone(),
+            reason: if state == cri::ContainerState::ContainerExited {
+                reason
+            } else {
+                String::new()
+            },
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+            mounts,
+            log_path: rec.log_path.clone(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>> {
+        let f = filter.unwrap_or_default();
+        let mut out = Vec::new();
+        for rec in self.records.containers()? {
+            if !rec.id.starts_with(&f.id)
+                || !rec.sandbox_id.starts_with(&f.pod_sandbox_id)
+                || !super::selector_matches(&f.label_selector, &rec.config.labels)
+            {
+                continue;
+            }
+            let st = self.container_status(&rec).await;
+            if f.state.as_ref().is_some_and(|s| s.state != st.state) {
+                continue;
+            }
+            out.push(cri::Container {
+                id: st.id,
+                pod_sandbox_id: rec.sandbox_id.clone(),
+                metadata: st.metadata,
+                image: st.image,
+                image_ref: st.image_ref,
+                image_id: st.image_id,
+                state: st.state,
+                created_at: st.created_at,
+                labels: st.labels,
+                annotations: st.annotations,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn update_resources(&self, id: &str, r: &cri::LinuxContainerResources) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let cpus = if r.cpu_quota > 0 && r.cpu_period > 0 {
+            r.cpu_quota as f64 / r.cpu_period as f64
+        } else {
+            0.0
+        };
+        let res = api::Resources {
+            memory_limit: r.memory_limit_in_bytes,
+            cpus,
+            cpu_shares: u64::try_from(r.cpu_shares).unwrap_or(0),
+            pids_limit: 0,
+        };
+        // The stored spec first, so a task started later gets the new limits too.
+        let mut c = self.services.container_get(NAMESPACE, &id)?;
+        let new = crate::spec::resources(res.memory_limit, res.cpus, res.cpu_shares, 0)?;
+        let new = serde_json::to_value(&new)?;
+        if let (Some(old), Some(new)) = (
+            c.spec
+                .pointer_mut("/linux/resources")
+                .and_then(|v| v.as_object_mut()),
+            new.as_object(),
+        ) {
+            for (k, v) in new {
+                if !v.is_null() {
+                    old.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        self.services
+            .container_update(NAMESPACE, c, &["spec".to_string()])
+            .await?;
+        if self.services.task(NAMESPACE, &id).is_ok() {
+            self.services.task_update(NAMESPACE, &id, &res).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let id = self.resolve_container(id)?;
+        let st = self.services.process_status(NAMESPACE, &id, "").await;
+        match st {
+            Ok(s) if s.status == api::TaskStatus::Running => Ok(()),
+            _ => Err(Error::precondition(format!(
+                "container {id:?} is not running"
+            ))),
+        }
+    }
+}
+
+/// The CRI's reason for an exit: the task's own (OOMKilled), else Completed or Error.
+pub fn exit_reason(code: u32, task_reason: &str) -> String {
+    if !task_reason.is_empty() {
+        task_reason.to_string()
+    } else if code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_reasons() {
+        let mut sec = cri::LinuxContainerSecurityContext::default();
+        assert_eq!(user_of(&sec).unwrap(), "");
+        sec.run_as_group = Some(cri::Int64Value { value: 50 });
+        assert!(user_of(&sec).is_err());
+        sec.run_as_user = Some(cri::Int64Value { value: 1000 });
+        assert_eq!(user_of(&sec).unwrap(), "1000:50");
+        sec.run_as_username = "nobody".into();
+        assert_eq!(user_of(&sec).unwrap(), "nobody:50");
+        let mut spec =
+            serde_json::json!({"process": {"user": {"uid": 0, "gid": 0, "additionalGids": [10]}}});
+        add_groups(&mut spec, &[10, 20]).unwrap();
+        assert_eq!(
+            spec["process"]["user"]["additionalGids"],
+            serde_json::json!([10, 20])
+        );
+        assert!(add_groups(&mut spec, &[-1]).is_err());
+        assert_eq!(exit_reason(0, ""), "Completed");
+        assert_eq!(exit_reason(1, ""), "Error");
+        assert_eq!(exit_reason(137, "OOMKilled"), "OOMKilled");
+    }
+}

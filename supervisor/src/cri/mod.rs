@@ -1,0 +1,150 @@
+//! The Kubernetes CRI (`runtime.v1`), served by supd. A pod sandbox is a pause container in
+//! its own network, IPC and UTS namespaces; the pod's containers join them. Every CRI object
+//! is an ordinary sup container (and task) in namespace `k8s.io`, made through the same
+//! services `supctl` reaches; the `cri` tree keeps only what the CRI alone knows.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::CriConfig;
+use crate::service::Services;
+
+pub mod container;
+pub mod events;
+pub mod exec;
+pub mod image;
+pub mod netns;
+pub mod network;
+pub mod pause;
+pub mod records;
+pub mod runtime;
+pub mod sandbox;
+pub mod spec;
+pub mod stats;
+
+/// The sup namespace every CRI object lives in.
+pub const NAMESPACE: &str = "k8s.io";
+
+/// Label on the sup containers: "sandbox" or "container".
+pub const LABEL_KIND: &str = "io.sup.cri/kind";
+/// Label on a CRI container's sup container: the sandbox it belongs to.
+pub const LABEL_SANDBOX: &str = "io.sup.cri/sandbox-id";
+
+/// The CRI runtime's state: the shared services, the CRI records and the settings.
+pub struct Cri {
+    pub services: Arc<Services>,
+    pub records: records::Records,
+    pub net: network::NetConfig,
+    pub config: CriConfig,
+    /// From UpdateRuntimeConfig; kept for Status and for CNI plugins that want it.
+    pub pod_cidr: Mutex<String>,
+    /// Serializes sandbox lifecycle changes (run, stop, remove), which touch several objects.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    /// Serializes read-modify-writes of container records (start, exit collection, removal).
+    pub record_updates: tokio::sync::Mutex<()>,
+    /// One lock per container id, held while its task is deleted: a stop, a removal and the
+    /// exit collector may all try at once, and the shim allows one delete at a time.
+    task_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Cri {
+    /// The CRI state; call within the daemon's runtime (it starts the exit collector).
+    pub fn new(services: Arc<Services>, config: CriConfig) -> Arc<Cri> {
+        let cri = Arc::new(Cri {
+            records: records::Records::new(services.store.clone()),
+            net: network::NetConfig::from_config(&config),
+            services,
+            config,
+            pod_cidr: Mutex::new(String::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            record_updates: tokio::sync::Mutex::new(()),
+            task_locks: Mutex::new(HashMap::new()),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            cri.collect_exits();
+        }
+        cri
+    }
+
+    /// The task-deletion lock of container `id`.
+    pub fn task_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.task_locks.lock() {
+            Ok(mut m) => m.entry(id.to_string()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Forgets the lock of a removed container.
+    pub fn drop_task_lock(&self, id: &str) {
+        if let Ok(mut m) = self.task_locks.lock() {
+            m.remove(id);
+        }
+    }
+
+    /// A sandbox's own files: resolv.conf, the pinned network namespace.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.services.state.join("cri").join("sandboxes").join(id)
+    }
+}
+
+/// A new object id: 32 hex digits from the kernel's random source.
+pub fn new_id() -> crate::error::Result<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| crate::error::Error::io("reading /dev/urandom", e))?;
+    Ok(hex::encode(buf))
+}
+
+/// Nanoseconds since the epoch, the CRI's time unit.
+pub fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn now() -> i64 {
+    nanos(SystemTime::now())
+}
+
+/// Every pair of the selector is in the labels.
+pub fn selector_matches(
+    selector: &std::collections::HashMap<String, String>,
+    labels: &std::collections::HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn ids_and_selectors() {
+        let id = new_id().unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let labels: HashMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".into(), "a".into()),
+        ]
+        .into();
+        assert!(selector_matches(&HashMap::new(), &labels));
+        assert!(selector_matches(
+            &[("app".into(), "web".into())].into(),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &[("app".into(), "db".into())].into(),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &[("x".into(), "web".into())].into(),
+            &labels
+        ));
+    }
+}
