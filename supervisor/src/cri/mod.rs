@@ -17,6 +17,7 @@ pub mod exec;
 pub mod image;
 pub mod netns;
 pub mod network;
+pub mod overrides;
 pub mod pause;
 pub mod records;
 pub mod runtime;

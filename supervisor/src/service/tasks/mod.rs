@@ -47,6 +47,10 @@ pub struct Task {
     pub oom: AtomicBool,
     /// The daemon is deleting the task: its shim going away is expected.
     pub closing: AtomicBool,
+    /// Held by a start from the call to the shim until its event is published, and by the
+    /// event forwarder before it publishes an exit: a process that exits at once must not be
+    /// reported exited before it is reported started.
+    pub event_order: tokio::sync::Mutex<()>,
 }
 
 impl Task {
@@ -311,6 +315,7 @@ impl Services {
             shim: client,
             oom: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            event_order: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -329,6 +334,7 @@ impl Services {
             while let Ok(Some(ev)) = stream.message().await {
                 match ev.event {
                     Some(sp::shim_event::Event::Exit(x)) => {
+                        let _order = task.event_order.lock().await;
                         let reason = if x.exec_id.is_empty()
                             && task.oom.load(Ordering::Relaxed)
                             && x.exit_status == 137
@@ -491,6 +497,7 @@ impl Services {
 
     pub async fn task_start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
         let task = self.task(ns, id)?;
+        let _order = task.event_order.lock().await;
         let pid = task
             .client()
             .start(sp::StartRequest {

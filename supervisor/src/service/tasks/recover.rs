@@ -114,6 +114,7 @@ impl Services {
             shim: client,
             oom: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            event_order: tokio::sync::Mutex::new(()),
         });
         if let Ok(mut t) = self.tasks.table.lock() {
             t.insert(

@@ -1,0 +1,146 @@
+//! The spec generator's overrides for a CRI container: command and args, env, mounts (and
+//! the pod's resolv.conf), user and groups, capabilities, limits.
+
+use std::path::Path;
+
+use k8s_cri::v1 as cri;
+
+use super::records::SandboxRecord;
+use super::sandbox::host_network;
+use crate::error::{Error, Result};
+use crate::spec::{MountSpec, Overrides};
+
+/// The user string the spec generator takes, from the security context. The CRI allows a
+/// group only with a user.
+pub fn user_of(sec: &cri::LinuxContainerSecurityContext) -> Result<String> {
+    let user = if !sec.run_as_username.is_empty() {
+        sec.run_as_username.clone()
+    } else if let Some(u) = &sec.run_as_user {
+        u.value.to_string()
+    } else if sec.run_as_group.is_some() {
+        return Err(Error::invalid(
+            "security context: run_as_group needs run_as_user or run_as_username",
+        ));
+    } else {
+        return Ok(String::new());
+    };
+    Ok(match &sec.run_as_group {
+        Some(g) => format!("{user}:{}", g.value),
+        None => user,
+    })
+}
+
+/// Adds the security context's supplemental groups to the process's.
+pub fn add_groups(spec: &mut serde_json::Value, groups: &[i64]) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let Some(user) = spec
+        .pointer_mut("/process/user")
+        .and_then(|u| u.as_object_mut())
+    else {
+        return Err(Error::internal("generated spec: no process user"));
+    };
+    let mut gids: Vec<u32> = user
+        .get("additionalGids")
+        .and_then(|g| serde_json::from_value(g.clone()).ok())
+        .unwrap_or_default();
+    for g in groups {
+        let g = u32::try_from(*g)
+            .map_err(|_| Error::invalid(format!("supplemental group {g}: not a valid gid")))?;
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    user.insert("additionalGids".into(), serde_json::json!(gids));
+    Ok(())
+}
+
+/// Generator overrides for a CRI container config in a sandbox.
+pub fn overrides(
+    config: &cri::ContainerConfig,
+    sandbox: &SandboxRecord,
+    sandbox_dir: &Path,
+) -> Result<Overrides> {
+    let linux = config.linux.clone().unwrap_or_default();
+    let sec = linux.security_context.clone().unwrap_or_default();
+    let res = linux.resources.clone().unwrap_or_default();
+    let caps = sec.capabilities.clone().unwrap_or_default();
+    let mut mounts: Vec<MountSpec> = config
+        .mounts
+        .iter()
+        .map(|m| MountSpec {
+            source: m.host_path.clone(),
+            destination: m.container_path.clone(),
+            kind: "bind".into(),
+            readonly: m.readonly,
+            options: Vec::new(),
+        })
+        .collect();
+    let resolv = sandbox_dir.join("resolv.conf");
+    if resolv.exists() && !mounts.iter().any(|m| m.destination == "/etc/resolv.conf") {
+        mounts.push(MountSpec {
+            source: resolv.to_string_lossy().into_owned(),
+            destination: "/etc/resolv.conf".into(),
+            kind: "bind".into(),
+            readonly: true,
+            options: Vec::new(),
+        });
+    }
+    let mut annotations: std::collections::BTreeMap<String, String> =
+        config.annotations.clone().into_iter().collect();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), sandbox.id.clone());
+    Ok(Overrides {
+        entrypoint: (!config.command.is_empty()).then(|| config.command.clone()),
+        command: (!config.args.is_empty()).then(|| config.args.clone()),
+        env: config
+            .envs
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect(),
+        working_dir: config.working_dir.clone(),
+        user: user_of(&sec)?,
+        tty: config.tty,
+        hostname: sandbox.config.hostname.clone(),
+        mounts,
+        readonly_rootfs: sec.readonly_rootfs,
+        memory_limit: res.memory_limit_in_bytes,
+        cpu_shares: u64::try_from(res.cpu_shares).unwrap_or(0),
+        cap_add: caps.add_capabilities.clone(),
+        cap_drop: caps.drop_capabilities.clone(),
+        privileged: sec.privileged,
+        host_network: host_network(&sandbox.config),
+        no_new_privileges: sec.no_new_privs,
+        annotations,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_groups() {
+        let mut sec = cri::LinuxContainerSecurityContext::default();
+        assert_eq!(user_of(&sec).unwrap(), "");
+        sec.run_as_group = Some(cri::Int64Value { value: 50 });
+        assert!(user_of(&sec).is_err());
+        sec.run_as_user = Some(cri::Int64Value { value: 1000 });
+        assert_eq!(user_of(&sec).unwrap(), "1000:50");
+        sec.run_as_username = "nobody".into();
+        assert_eq!(user_of(&sec).unwrap(), "nobody:50");
+        let mut spec =
+            serde_json::json!({"process": {"user": {"uid": 0, "gid": 0, "additionalGids": [10]}}});
+        add_groups(&mut spec, &[10, 20]).unwrap();
+        assert_eq!(
+            spec["process"]["user"]["additionalGids"],
+            serde_json::json!([10, 20])
+        );
+        assert!(add_groups(&mut spec, &[-1]).is_err());
+    }
+}
