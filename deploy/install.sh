@@ -11,6 +11,7 @@ cargo build --release --quiet --bins
 install -D -m 0755 target/release/supd /usr/local/bin/supd
 install -D -m 0755 target/release/sup-shim /usr/local/bin/sup-shim
 install -D -m 0755 target/release/supctl /usr/local/bin/supctl
+install -D -m 0755 target/release/sup-pause /usr/local/bin/sup-pause
 if [ ! -e /etc/sup/supd.toml ]; then
     install -D -m 0644 deploy/supd.toml /etc/sup/supd.toml
 fi

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 echo "building sup (release)..." >&2
 cargo build --release --quiet --bins
-install -m 0755 target/release/supd target/release/sup-shim target/release/supctl /usr/local/bin/
+install -m 0755 target/release/supd target/release/sup-shim target/release/supctl target/release/sup-pause /usr/local/bin/
 
 address=${SUP_ADDRESS:-/run/sup/sup.sock}
 if ! supctl --address "$address" version >/dev/null 2>&1; then
