@@ -213,8 +213,13 @@ pub async fn connect(
 
 impl CriEnv {
     pub async fn start() -> CriEnv {
+        CriEnv::start_with("").await
+    }
+
+    /// As [`CriEnv::start`], with more supd configuration (TOML tables) appended.
+    pub async fn start_with(extra: &str) -> CriEnv {
         let net = TestNet::new();
-        let config = format!("{}\n[gc]\ninterval_seconds = 0\n", net.supd_config());
+        let config = format!("{}\n[gc]\ninterval_seconds = 0\n{extra}", net.supd_config());
         let daemon = Daemon::start_with_config(Some(&config)).await;
         let (runtime, images) = connect(&daemon).await;
         CriEnv {
@@ -340,6 +345,23 @@ impl CriEnv {
             })
             .await
             .unwrap_or_else(|s| panic!("RemovePodSandbox: {:?}: {}", s.code(), s.message()));
+    }
+
+    /// Waits (up to 10 s: a shim exits just after it answers its shutdown) until nothing is
+    /// left behind, and panics with what is left otherwise.
+    pub async fn assert_clean(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.leftovers().await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "left behind: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// What the test left behind: pods, sup containers in k8s.io, processes rooted in the

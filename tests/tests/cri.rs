@@ -12,8 +12,7 @@ const SLEEPER: [&str; 3] = ["/bin/sh", "-c", "echo hello; exec /bin/busybox slee
 
 /// Everything the test made is gone: pods, sup containers, processes, mounts, addresses.
 async fn assert_clean(env: &mut CriEnv) {
-    let left = env.leftovers().await;
-    assert!(left.is_empty(), "left behind: {left:?}");
+    env.assert_clean().await;
 }
 
 async fn wait_exited(env: &mut CriEnv, id: &str) -> cri::ContainerStatus {
