@@ -262,8 +262,29 @@ async fn containers_of_a_pod_share_localhost() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(answer.trim(), "pong");
-    let _ = server;
+    // The pod's IPC and UTS namespaces are pinned in supd's state dir and shared by both.
+    let pins = env.daemon.state().join("cri").join("sandboxes").join(&pod);
+    let pins = [pins.join("ipcns"), pins.join("utsns")];
+    for p in &pins {
+        assert!(p.exists(), "no pinned namespace at {}", p.display());
+    }
+    let probe = [
+        "/bin/sh",
+        "-c",
+        "readlink /proc/self/ns/ipc /proc/self/ns/uts; hostname",
+    ];
+    let a = env.exec(&server, &probe).await;
+    let b = env.exec(&client, &probe).await;
+    assert_eq!(a.exit_code, 0, "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    assert!(
+        String::from_utf8_lossy(&a.stdout).ends_with("pair\n"),
+        "{a:?}"
+    );
     env.remove_pod(&pod).await;
+    for p in &pins {
+        assert!(!p.exists(), "{} outlived the pod", p.display());
+    }
     assert_clean(&mut env).await;
 }
 

@@ -121,6 +121,13 @@ impl Cri {
             None => Ns::Host,
         };
         let node = cri::NamespaceMode::Node as i32;
+        // The pod's pinned namespace; the pause's own only for a sandbox recorded by an
+        // older supd, which pinned nothing but the network.
+        let pinned = |path: &Option<std::path::PathBuf>, host: bool, kind: &str| match path {
+            Some(p) => Ns::Path(p.to_string_lossy().into_owned()),
+            None if host => Ns::Host,
+            None => of_pause(kind),
+        };
         let pid = match cri::NamespaceMode::try_from(own.pid) {
             Ok(cri::NamespaceMode::Node) => Ns::Host,
             Ok(cri::NamespaceMode::Container) => Ns::New,
@@ -137,25 +144,11 @@ impl Cri {
             &[
                 ("network", network),
                 ("pid", pid),
-                (
-                    "ipc",
-                    if pod.ipc == node {
-                        Ns::Host
-                    } else {
-                        of_pause("ipc")
-                    },
-                ),
-                (
-                    "uts",
-                    if pod.network == node {
-                        Ns::Host
-                    } else {
-                        of_pause("uts")
-                    },
-                ),
+                ("ipc", pinned(&sandbox.ipcns, pod.ipc == node, "ipc")),
+                ("uts", pinned(&sandbox.utsns, pod.network == node, "uts")),
             ],
         )?;
-        // The pod's host name lives in the pause's UTS namespace (or is the host's).
+        // The pod's host name lives in its pinned UTS namespace (or is the host's).
         if let Some(o) = spec.as_object_mut() {
             o.remove("hostname");
         }
@@ -166,7 +159,16 @@ impl Cri {
         // Older kubelets still name the profile in the deprecated string field.
         #[allow(deprecated)]
         let legacy = sec.seccomp_profile_path.clone();
-        if let Some(filter) = cspec::seccomp(sec.seccomp.as_ref(), &legacy)? {
+        let caps: Vec<String> = spec
+            .pointer("/process/capabilities/bounding")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(filter) = cspec::seccomp(sec.seccomp.as_ref(), &legacy, &caps)? {
             if !sec.privileged {
                 spec["linux"]["seccomp"] = filter;
             }

@@ -1,5 +1,7 @@
-//! Pinned network namespaces: a pod's network namespace outlives every process in it because
-//! it is bind-mounted onto a file. CNI plugins and the OCI runtime reach it by that path.
+//! Pinned namespaces: a pod's network, IPC and UTS namespaces outlive every process in them
+//! because each is bind-mounted onto a file. CNI plugins and the OCI runtime reach them by
+//! that path, so the pod keeps its network, shared memory and host name while the pod exists,
+//! even if its pause process dies (the CRI requires this).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,12 +11,53 @@ use nix::sched::{unshare, CloneFlags};
 
 use crate::error::{Error, Result};
 
+/// The kinds of namespace a pod pins. All three can be unshared by one thread of a
+/// multi-threaded process, which is what makes the thread technique below possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsKind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl NsKind {
+    fn flag(self) -> CloneFlags {
+        match self {
+            NsKind::Net => CloneFlags::CLONE_NEWNET,
+            NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
+            NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+
+    /// The name under /proc/<pid>/ns/.
+    fn proc_name(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Uts => "uts",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            NsKind::Net => "network namespace",
+            NsKind::Ipc => "IPC namespace",
+            NsKind::Uts => "UTS namespace",
+        }
+    }
+}
+
 /// Creates a new network namespace and pins it at `path` (which must not exist yet).
+pub fn create(path: &Path) -> Result<()> {
+    create_kind(NsKind::Net, path)
+}
+
+/// Creates a new namespace of `kind` and pins it at `path` (which must not exist yet).
 ///
 /// The namespace is made by a short-lived thread of its own: `unshare` changes only the
 /// calling thread, so no other thread of supd ever runs inside the new namespace.
-pub fn create(path: &Path) -> Result<()> {
-    let what = || format!("network namespace {}", path.display());
+pub fn create_kind(kind: NsKind, path: &Path) -> Result<()> {
+    let what = || format!("{} {}", kind.describe(), path.display());
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::io(format!("{}: creating its directory", what()), e))?;
@@ -26,8 +69,8 @@ pub fn create(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("{}: creating its file", what()), e))?;
     let target: PathBuf = path.to_path_buf();
     let pinned = std::thread::Builder::new()
-        .name("sup-netns".into())
-        .spawn(move || pin_new_namespace(&target))
+        .name(format!("sup-{}ns", kind.proc_name()))
+        .spawn(move || pin_new_namespace(kind, &target))
         .map_err(|e| Error::io(format!("{}: starting its thread", what()), e))?
         .join()
         .map_err(|_| Error::internal(format!("{}: its thread panicked", what())));
@@ -35,18 +78,22 @@ pub fn create(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) => {
             if let Err(rm) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), error = %rm, "cannot remove netns file");
+                tracing::warn!(path = %path.display(), error = %rm, "cannot remove a namespace file");
             }
             Err(e.context(what()))
         }
     }
 }
 
-/// Runs on a thread that is discarded afterwards: it leaves the host's network namespace.
-fn pin_new_namespace(target: &Path) -> Result<()> {
-    unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(|e| Error::from(e).context("unshare(CLONE_NEWNET)"))?;
-    let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+/// Runs on a thread that is discarded afterwards: it leaves the host's namespace of `kind`.
+fn pin_new_namespace(kind: NsKind, target: &Path) -> Result<()> {
+    unshare(kind.flag())
+        .map_err(|e| Error::from(e).context(format!("unshare({:?})", kind.flag())))?;
+    let own = format!(
+        "/proc/self/task/{}/ns/{}",
+        nix::unistd::gettid(),
+        kind.proc_name()
+    );
     mount(
         Some(own.as_str()),
         target,
@@ -57,10 +104,10 @@ fn pin_new_namespace(target: &Path) -> Result<()> {
     .map_err(|e| Error::from(e).context(format!("bind-mounting {own}")))
 }
 
-/// Unpins and removes the namespace file at `path`. A missing file or one that is no
-/// longer a mount point is fine: removal is idempotent.
+/// Unpins and removes the namespace file at `path` (of any kind). A missing file or one that
+/// is no longer a mount point is fine: removal is idempotent.
 pub fn remove(path: &Path) -> Result<()> {
-    let what = || format!("network namespace {}", path.display());
+    let what = || format!("namespace {}", path.display());
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINVAL) => {}
         Err(e) => return Err(Error::from(e).context(format!("{}: unmounting", what()))),
@@ -98,5 +145,27 @@ mod tests {
         remove(&p).expect("remove");
         assert!(!p.exists());
         remove(&p).expect("remove again");
+    }
+
+    #[test]
+    fn ipc_and_uts_pins_differ_from_ours() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (kind, name) in [(NsKind::Ipc, "ipc"), (NsKind::Uts, "uts")] {
+            let p = dir.path().join(name);
+            create_kind(kind, &p).expect("create");
+            assert!(is_pinned(&p));
+            // The pin is a new namespace, not supd's own.
+            let ours = std::fs::metadata(format!("/proc/self/ns/{name}")).expect("own ns");
+            let pinned = std::fs::metadata(&p).expect("pinned ns");
+            assert_ne!(
+                std::os::unix::fs::MetadataExt::ino(&ours),
+                std::os::unix::fs::MetadataExt::ino(&pinned)
+            );
+            remove(&p).expect("remove");
+            assert!(!p.exists());
+        }
     }
 }

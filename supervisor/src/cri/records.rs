@@ -1,6 +1,6 @@
 //! The CRI's own records in the `cri` tree: `sandbox/<id>` and `container/<id>`, JSON. The sup
 //! containers and tasks underneath live in namespace `k8s.io`; these records add what only
-//! the CRI knows (the pod's config, its network namespace and IP, log paths, exit details).
+//! the CRI knows (the pod's config, its pinned namespaces and IP, log paths, exit details).
 
 use std::path::PathBuf;
 
@@ -20,6 +20,14 @@ pub struct SandboxRecord {
     pub created_at: i64,
     /// The pinned network namespace; None for host networking.
     pub netns: Option<PathBuf>,
+    /// The pinned IPC namespace; None for host IPC (and for records of an older supd, whose
+    /// containers join the pause's own).
+    #[serde(default)]
+    pub ipcns: Option<PathBuf>,
+    /// The pinned UTS namespace, holding the pod's host name; None for host networking
+    /// (the pod then has the host's UTS namespace) and for records of an older supd.
+    #[serde(default)]
+    pub utsns: Option<PathBuf>,
     /// The pod's IP, once its network is set up.
     #[serde(default)]
     pub ip: String,

@@ -1,4 +1,5 @@
-//! Pod sandboxes: run (namespaces, pause container, network), stop, remove, status, list.
+//! Pod sandboxes: run (pinned namespaces, pause container, network), stop, remove, status,
+//! list.
 //! Every step that fails undoes the ones before it.
 
 use std::collections::HashMap;
@@ -7,6 +8,7 @@ use std::path::Path;
 use k8s_cri::v1 as cri;
 use sup_proto::v1 as api;
 
+use super::netns::NsKind;
 use super::records::{resolve, SandboxRecord};
 use super::spec::{self as cspec, Ns};
 use super::{network, Cri, LABEL_KIND, NAMESPACE};
@@ -64,9 +66,14 @@ impl Cri {
         }
         let id = super::new_id()?;
         let dir = self.sandbox_dir(&id);
+        let host_net = host_network(&config);
+        let host_ipc = is_node(namespace_options(&config).ipc);
         let mut rec = SandboxRecord {
             id: id.clone(),
-            netns: (!host_network(&config)).then(|| dir.join("netns")),
+            netns: (!host_net).then(|| dir.join("netns")),
+            ipcns: (!host_ipc).then(|| dir.join("ipcns")),
+            // As in Kubernetes, the host's network means the host's UTS namespace too.
+            utsns: (!host_net).then(|| dir.join("utsns")),
             config,
             runtime_handler: handler,
             created_at: super::now(),
@@ -106,9 +113,17 @@ impl Cri {
                 options: Vec::new(),
             });
         }
-        if let Some(ns) = &rec.netns {
-            let p = ns.clone();
-            tokio::task::spawn_blocking(move || super::netns::create(&p)).await??;
+        // Pinned rather than the pause's own, so they outlive the pause process: containers
+        // of the pod keep sharing them (and the host name) until the pod is removed.
+        let pins = [
+            (NsKind::Net, rec.netns.clone()),
+            (NsKind::Ipc, rec.ipcns.clone()),
+            (NsKind::Uts, rec.utsns.clone()),
+        ];
+        for (kind, path) in pins {
+            if let Some(p) = path {
+                tokio::task::spawn_blocking(move || super::netns::create_kind(kind, &p)).await??;
+            }
         }
 
         let image = super::pause::sandbox_image(&self.services, &self.config.pause_image).await?;
@@ -156,17 +171,22 @@ impl Cri {
             None => Ns::Host,
         };
         let host_or_new = |mode: i32| if is_node(mode) { Ns::Host } else { Ns::New };
+        let pinned_or_host = |p: &Option<std::path::PathBuf>| match p {
+            Some(p) => Ns::Path(p.to_string_lossy().into_owned()),
+            None => Ns::Host,
+        };
         cspec::set_namespaces(
             &mut spec,
             &[
                 ("network", network),
                 ("pid", host_or_new(opts.pid)),
-                ("ipc", host_or_new(opts.ipc)),
-                ("uts", if host_net { Ns::Host } else { Ns::New }),
+                ("ipc", pinned_or_host(&rec.ipcns)),
+                // The runtime sets the pod's host name inside this joined namespace.
+                ("uts", pinned_or_host(&rec.utsns)),
             ],
         )?;
-        if host_net {
-            // No UTS namespace of its own: the runtime cannot set a host name.
+        if rec.utsns.is_none() {
+            // No UTS namespace of the pod's own: the runtime cannot set a host name.
             if let Some(o) = spec.as_object_mut() {
                 o.remove("hostname");
             }
@@ -235,10 +255,15 @@ impl Cri {
 
     async fn remove_files(&self, rec: &SandboxRecord) {
         let dir = self.sandbox_dir(&rec.id);
-        let netns = rec.netns.clone();
+        // Unpinned before the directory goes: a mount point inside it cannot be removed.
+        let pins: Vec<_> = [&rec.netns, &rec.ipcns, &rec.utsns]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         let res = tokio::task::spawn_blocking(move || -> Result<()> {
-            if let Some(ns) = netns {
-                super::netns::remove(&ns)?;
+            for ns in &pins {
+                super::netns::remove(ns)?;
             }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),

@@ -189,15 +189,21 @@ pub fn add_devices(spec: &mut Value, devices: &[cri::Device]) -> Result<()> {
     Ok(())
 }
 
-/// The seccomp filter for a security profile: None for unconfined. RuntimeDefault is
-/// treated as unconfined for now (sup ships no default profile yet). A Localhost profile is
-/// read from its file: the OCI `linux.seccomp` format, or Docker's (its `archMap` becomes
-/// `architectures`).
-pub fn seccomp(profile: Option<&cri::SecurityProfile>, legacy: &str) -> Result<Option<Value>> {
+/// The seccomp filter for a security profile: None for unconfined. RuntimeDefault is sup's
+/// default profile for a container holding `capabilities` (see `spec::seccomp`). A
+/// Localhost profile is read from its file: the OCI `linux.seccomp` format, or Docker's (its
+/// `archMap` becomes `architectures`).
+pub fn seccomp(
+    profile: Option<&cri::SecurityProfile>,
+    legacy: &str,
+    capabilities: &[String],
+) -> Result<Option<Value>> {
     use cri::security_profile::ProfileType;
+    let default = || Ok(Some(crate::spec::seccomp::runtime_default(capabilities)));
     let path = match profile {
         Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::RuntimeDefault) | Ok(ProfileType::Unconfined) => return Ok(None),
+            Ok(ProfileType::RuntimeDefault) => return default(),
+            Ok(ProfileType::Unconfined) => return Ok(None),
             Ok(ProfileType::Localhost) => p.localhost_ref.clone(),
             Err(_) => {
                 return Err(Error::invalid(format!(
@@ -207,7 +213,8 @@ pub fn seccomp(profile: Option<&cri::SecurityProfile>, legacy: &str) -> Result<O
             }
         },
         None => match legacy {
-            "" | "unconfined" | "runtime/default" | "docker/default" => return Ok(None),
+            "" | "unconfined" => return Ok(None),
+            "runtime/default" | "docker/default" => return default(),
             l => match l.strip_prefix("localhost/") {
                 Some(p) => p.to_string(),
                 None => {
@@ -366,10 +373,11 @@ mod tests {
             profile_type: t as i32,
             localhost_ref: r.into(),
         };
-        assert!(seccomp(Some(&p(ProfileType::RuntimeDefault, "")), "")
+        let default = seccomp(Some(&p(ProfileType::RuntimeDefault, "")), "", &[])
             .unwrap()
-            .is_none());
-        assert!(seccomp(None, "unconfined").unwrap().is_none());
+            .unwrap();
+        assert_eq!(default["defaultAction"], "SCMP_ACT_ALLOW");
+        assert!(seccomp(None, "unconfined", &[]).unwrap().is_none());
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.json");
         std::fs::write(
@@ -378,9 +386,13 @@ mod tests {
                "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW","comment":"x"}]}"#,
         )
         .unwrap();
-        let v = seccomp(Some(&p(ProfileType::Localhost, f.to_str().unwrap())), "")
-            .unwrap()
-            .unwrap();
+        let v = seccomp(
+            Some(&p(ProfileType::Localhost, f.to_str().unwrap())),
+            "",
+            &[],
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             v["architectures"],
             json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"])
@@ -389,6 +401,6 @@ mod tests {
             v["syscalls"][0],
             json!({"names": ["read"], "action": "SCMP_ACT_ALLOW"})
         );
-        assert!(seccomp(Some(&p(ProfileType::Localhost, "rel.json")), "").is_err());
+        assert!(seccomp(Some(&p(ProfileType::Localhost, "rel.json")), "", &[]).is_err());
     }
 }

@@ -10,6 +10,7 @@ mod mounts;
 mod process;
 mod resources;
 mod rootfs;
+pub mod seccomp;
 mod security;
 mod user;
 
