@@ -49,6 +49,24 @@ impl Filterable for Info {
     }
 }
 
+impl SnapshotsApi {
+    /// Prepare and View differ only in the kind of snapshot they make.
+    async fn make(
+        &self,
+        ns: &str,
+        (snapshotter, key, parent): (&str, &str, &str),
+        labels: crate::labels::Labels,
+        view: bool,
+    ) -> Result<Vec<api::Mount>, Status> {
+        let mounts = self
+            .0
+            .snapshot_prepare(ns, snapshotter, key, parent, labels, view)
+            .await
+            .map_err(status)?;
+        Ok(mounts.iter().map(mount_out).collect())
+    }
+}
+
 #[tonic::async_trait]
 impl Snapshots for SnapshotsApi {
     async fn prepare(
@@ -57,21 +75,9 @@ impl Snapshots for SnapshotsApi {
     ) -> RpcResult<api::PrepareSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let mounts = self
-            .0
-            .snapshot_prepare(
-                &ns,
-                &r.snapshotter,
-                &r.key,
-                &r.parent,
-                labels(r.labels),
-                false,
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(api::PrepareSnapshotResponse {
-            mounts: mounts.iter().map(mount_out).collect(),
-        }))
+        let which = (r.snapshotter.as_str(), r.key.as_str(), r.parent.as_str());
+        let mounts = self.make(&ns, which, labels(r.labels), false).await?;
+        Ok(Response::new(api::PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
@@ -80,21 +86,9 @@ impl Snapshots for SnapshotsApi {
     ) -> RpcResult<api::ViewSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let mounts = self
-            .0
-            .snapshot_prepare(
-                &ns,
-                &r.snapshotter,
-                &r.key,
-                &r.parent,
-                labels(r.labels),
-                true,
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(api::ViewSnapshotResponse {
-            mounts: mounts.iter().map(mount_out).collect(),
-        }))
+        let which = (r.snapshotter.as_str(), r.key.as_str(), r.parent.as_str());
+        let mounts = self.make(&ns, which, labels(r.labels), true).await?;
+        Ok(Response::new(api::ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(&self, req: Request<api::MountsRequest>) -> RpcResult<api::MountsResponse> {
