@@ -318,6 +318,27 @@ impl CriEnv {
             .expect("a container status")
     }
 
+    /// The pod's address ("" on the host's network).
+    pub async fn pod_ip(&mut self, id: &str) -> String {
+        self.pod_status(id)
+            .await
+            .network
+            .map(|n| n.ip)
+            .unwrap_or_default()
+    }
+
+    pub async fn container_stats(&mut self, id: &str) -> cri::ContainerStats {
+        self.runtime
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("ContainerStats: {:?}: {}", s.code(), s.message()))
+            .into_inner()
+            .stats
+            .expect("stats in the answer")
+    }
+
     pub async fn pod_status(&mut self, id: &str) -> cri::PodSandboxStatus {
         self.runtime
             .pod_sandbox_status(cri::PodSandboxStatusRequest {

@@ -193,6 +193,12 @@ impl Daemon {
         self.child.take().map(terminate)
     }
 
+    /// Starts supd again after [`Daemon::stop`], on the same root and state.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "supd is still running");
+        self.launch().await;
+    }
+
     /// Stops supd (SIGTERM) and starts it again on the same root and state.
     pub async fn restart(&mut self) -> Option<ExitStatus> {
         let status = self.stop();

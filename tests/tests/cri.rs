@@ -330,12 +330,7 @@ async fn pod_survives_supd_restart() {
     let log_dir = env.log_dir("durable");
     let pod_cfg = pod_config("durable", &log_dir, false);
     let pod = env.run_pod(pod_cfg.clone()).await;
-    let ip = env
-        .pod_status(&pod)
-        .await
-        .network
-        .map(|n| n.ip)
-        .unwrap_or_default();
+    let ip = env.pod_ip(&pod).await;
     let c1 = env
         .start_container(&pod, &pod_cfg, container_config("first", &SLEEPER))
         .await;

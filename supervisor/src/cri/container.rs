@@ -8,11 +8,14 @@ use sup_proto::v1 as api;
 
 use super::overrides::{add_groups, overrides};
 use super::records::{resolve, ContainerRecord, SandboxRecord};
-use super::sandbox::namespace_options;
+use super::sandbox::{cgroup_parent, namespace_options};
 use super::spec::{self as cspec, Ns};
 use super::{Cri, LABEL_KIND, LABEL_SANDBOX, NAMESPACE};
 use crate::error::{Error, Result};
 use crate::service::containers::NewContainer;
+
+/// The exit code of a container whose exit status was lost with its shim.
+pub const UNKNOWN_EXIT_CODE: i32 = 255;
 
 impl Cri {
     pub fn resolve_container(&self, id: &str) -> Result<String> {
@@ -152,6 +155,9 @@ impl Cri {
         if let Some(o) = spec.as_object_mut() {
             o.remove("hostname");
         }
+        if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&sandbox.config), &rec.id)? {
+            cspec::set_cgroups_path(&mut spec, &path)?;
+        }
         add_groups(&mut spec, &sec.supplemental_groups)?;
         cspec::set_cpu_quota(&mut spec, res.cpu_quota, res.cpu_period)?;
         cspec::set_oom_score_adj(&mut spec, res.oom_score_adj);
@@ -271,7 +277,7 @@ impl Cri {
         let _deleting = lock.lock().await;
         let deleted = match self.services.task_delete(NAMESPACE, id, true).await {
             Ok(d) => d,
-            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.is_not_found() => return self.lost_exit(id).await,
             Err(e) => return Err(e),
         };
         self.update_record(id, |rec| {
@@ -283,6 +289,43 @@ impl Cri {
             rec.reason = exit_reason(deleted.exit_status, &deleted.reason);
         })
         .await
+    }
+
+    /// A started container whose task is gone with no exit recorded: its shim died (or was
+    /// cleaned up as dead when supd started), taking the exit status with it.
+    async fn lost_exit(&self, id: &str) -> Result<()> {
+        self.update_record(id, |rec| {
+            if rec.started_at != 0 && rec.exit_code.is_none() {
+                rec.exit_code = Some(UNKNOWN_EXIT_CODE);
+                rec.finished_at = super::now();
+                rec.reason = "Unknown".into();
+            }
+        })
+        .await
+    }
+
+    /// Settles what happened to CRI containers while supd was down, once its tasks are
+    /// reconnected: an exit the exit collector could not see is collected now (recorded and
+    /// its task deleted), and a container whose shim died is marked exited with an unknown
+    /// status.
+    pub async fn settle_exits(&self) {
+        let Ok(records) = self.records.containers() else {
+            return;
+        };
+        for rec in records {
+            if rec.exit_code.is_some() || rec.started_at == 0 {
+                continue;
+            }
+            let stopped = match self.services.process_status(NAMESPACE, &rec.id, "").await {
+                Ok(st) => st.status == api::TaskStatus::Stopped,
+                Err(_) => !self.services.task_exists(NAMESPACE, &rec.id),
+            };
+            if stopped {
+                if let Err(e) = self.collect_exit(&rec.id).await {
+                    tracing::warn!(container = %rec.id, error = %e, "collecting an exit from downtime");
+                }
+            }
+        }
     }
 
     /// Kills and deletes the task, the sup container and the record. NotFound is success.
@@ -311,7 +354,8 @@ impl Cri {
             rec.finished_at,
             rec.reason.clone(),
         );
-        if self.services.container_get(NAMESPACE, &rec.id).is_err() {
+        let stored = self.services.container_get(NAMESPACE, &rec.id).ok();
+        if stored.is_none() {
             state = cri::ContainerState::ContainerUnknown;
         } else if self.services.task(NAMESPACE, &rec.id).is_ok() {
             match self.services.process_status(NAMESPACE, &rec.id, "").await {
@@ -372,6 +416,10 @@ impl Cri {
             annotations: rec.config.annotations.clone(),
             mounts,
             log_path: rec.log_path.clone(),
+            resources: stored.map(|c| cri::ContainerResources {
+                linux: Some(resources_of(&c.spec)),
+                windows: None,
+            }),
             ..Default::default()
         }
     }
@@ -459,6 +507,29 @@ impl Cri {
     }
 }
 
+/// The limits a container's spec holds now (UpdateContainerResources changes them), as the
+/// CRI reports them.
+pub fn resources_of(spec: &serde_json::Value) -> cri::LinuxContainerResources {
+    let int = |p: &str| spec.pointer(p).and_then(serde_json::Value::as_i64);
+    let text = |p: &str| {
+        spec.pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    cri::LinuxContainerResources {
+        cpu_period: int("/linux/resources/cpu/period").unwrap_or(0),
+        cpu_quota: int("/linux/resources/cpu/quota").unwrap_or(0),
+        cpu_shares: int("/linux/resources/cpu/shares").unwrap_or(0),
+        memory_limit_in_bytes: int("/linux/resources/memory/limit").unwrap_or(0),
+        memory_swap_limit_in_bytes: int("/linux/resources/memory/swap").unwrap_or(0),
+        oom_score_adj: int("/process/oomScoreAdj").unwrap_or(0),
+        cpuset_cpus: text("/linux/resources/cpu/cpus"),
+        cpuset_mems: text("/linux/resources/cpu/mems"),
+        ..Default::default()
+    }
+}
+
 /// The CRI's reason for an exit: the task's own (OOMKilled), else Completed or Error.
 pub fn exit_reason(code: u32, task_reason: &str) -> String {
     if !task_reason.is_empty() {
@@ -472,6 +543,23 @@ pub fn exit_reason(code: u32, task_reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_from_the_spec() {
+        let spec = serde_json::json!({
+            "process": {"oomScoreAdj": 5},
+            "linux": {"resources": {"cpu": {"period": 100000, "quota": 50000, "shares": 512},
+                                    "memory": {"limit": 1048576}}}
+        });
+        let r = resources_of(&spec);
+        assert_eq!(
+            (r.cpu_period, r.cpu_quota, r.cpu_shares),
+            (100000, 50000, 512)
+        );
+        assert_eq!(r.memory_limit_in_bytes, 1048576);
+        assert_eq!(r.oom_score_adj, 5);
+        assert_eq!(resources_of(&serde_json::json!({})).cpu_quota, 0);
+    }
 
     #[test]
     fn reasons() {

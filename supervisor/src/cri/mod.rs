@@ -48,6 +48,9 @@ pub struct Cri {
     /// One lock per container id, held while its task is deleted: a stop, a removal and the
     /// exit collector may all try at once, and the shim allows one delete at a time.
     task_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last CPU sample (time, cumulative usage in ns) per container or pod, from which
+    /// the next stats call derives its usage in nano-cores.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl Cri {
@@ -62,9 +65,12 @@ impl Cri {
             lifecycle: tokio::sync::Mutex::new(()),
             record_updates: tokio::sync::Mutex::new(()),
             task_locks: Mutex::new(HashMap::new()),
+            cpu_samples: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             cri.collect_exits();
+            let settling = cri.clone();
+            tokio::spawn(async move { settling.settle_exits().await });
         }
         cri
     }
@@ -77,11 +83,22 @@ impl Cri {
         }
     }
 
-    /// Forgets the lock of a removed container.
+    /// Forgets the lock and CPU sample of a removed container or pod.
     pub fn drop_task_lock(&self, id: &str) {
         if let Ok(mut m) = self.task_locks.lock() {
             m.remove(id);
         }
+        if let Ok(mut m) = self.cpu_samples.lock() {
+            m.remove(id);
+        }
+    }
+
+    /// Records a CPU sample of `id` and returns the usage in nano-cores since the one before
+    /// (None for the first, or when the counter went backwards: a new cgroup).
+    pub fn nano_cores(&self, id: &str, at: i64, usage_ns: u64) -> Option<u64> {
+        let mut m = self.cpu_samples.lock().ok()?;
+        let prev = m.insert(id.to_string(), (at, usage_ns))?;
+        nano_cores_between(prev, (at, usage_ns))
     }
 
     /// A sandbox's own files: resolv.conf, the pinned network namespace.
@@ -98,6 +115,17 @@ pub fn new_id() -> crate::error::Result<String> {
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| crate::error::Error::io("reading /dev/urandom", e))?;
     Ok(hex::encode(buf))
+}
+
+/// CPU used between two samples of (time in ns, cumulative CPU time in ns), in
+/// billionths of a core.
+pub fn nano_cores_between(prev: (i64, u64), now: (i64, u64)) -> Option<u64> {
+    let elapsed = u64::try_from(now.0.checked_sub(prev.0)?).ok()?;
+    let used = now.1.checked_sub(prev.1)?;
+    if elapsed == 0 {
+        return None;
+    }
+    u64::try_from(u128::from(used) * 1_000_000_000 / u128::from(elapsed)).ok()
 }
 
 /// Nanoseconds since the epoch, the CRI's time unit.
@@ -123,6 +151,18 @@ pub fn selector_matches(
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn cpu_rate() {
+        // Half a core for a second.
+        assert_eq!(
+            nano_cores_between((1_000_000_000, 10), (2_000_000_000, 500_000_010)),
+            Some(500_000_000)
+        );
+        assert_eq!(nano_cores_between((5, 10), (5, 20)), None);
+        assert_eq!(nano_cores_between((5, 10), (9, 2)), None);
+        assert_eq!(nano_cores_between((9, 10), (5, 20)), None);
+    }
 
     #[test]
     fn ids_and_selectors() {

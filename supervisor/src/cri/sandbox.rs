@@ -30,6 +30,33 @@ fn is_node(mode: i32) -> bool {
     mode == cri::NamespaceMode::Node as i32
 }
 
+/// The pod's cgroup, as the kubelet names it ("" for none).
+pub fn cgroup_parent(config: &cri::PodSandboxConfig) -> &str {
+    config
+        .linux
+        .as_ref()
+        .map_or("", |l| l.cgroup_parent.as_str())
+}
+
+/// The pod's total resources (its containers' plus the runtime class's overhead), as
+/// annotations on the pause's spec for runtimes that size a whole sandbox (VM runtimes read
+/// these keys); the kubelet itself sizes the pod's cgroup.
+fn resource_annotations(config: &cri::PodSandboxConfig) -> Vec<(String, String)> {
+    let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) else {
+        return Vec::new();
+    };
+    [
+        ("io.kubernetes.cri.sandbox-cpu-period", r.cpu_period),
+        ("io.kubernetes.cri.sandbox-cpu-quota", r.cpu_quota),
+        ("io.kubernetes.cri.sandbox-cpu-shares", r.cpu_shares),
+        ("io.kubernetes.cri.sandbox-memory", r.memory_limit_in_bytes),
+    ]
+    .into_iter()
+    .filter(|(_, v)| *v != 0)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 pub fn host_network(config: &cri::PodSandboxConfig) -> bool {
     is_node(namespace_options(config).network)
 }
@@ -65,6 +92,8 @@ impl Cri {
             ));
         }
         let id = super::new_id()?;
+        // Checked before anything is made.
+        cspec::pod_cgroups_path(cgroup_parent(&config), &id)?;
         let dir = self.sandbox_dir(&id);
         let host_net = host_network(&config);
         let host_ipc = is_node(namespace_options(&config).ipc);
@@ -139,6 +168,15 @@ impl Cri {
             rec.config.annotations.clone().into_iter().collect();
         annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
         annotations.insert("io.kubernetes.cri.sandbox-id".into(), rec.id.clone());
+        if let Some(meta) = &rec.config.metadata {
+            annotations.insert("io.kubernetes.cri.sandbox-name".into(), meta.name.clone());
+            annotations.insert(
+                "io.kubernetes.cri.sandbox-namespace".into(),
+                meta.namespace.clone(),
+            );
+            annotations.insert("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone());
+        }
+        annotations.extend(resource_annotations(&rec.config));
         let overrides = Overrides {
             entrypoint: Some(vec!["/pause".into()]),
             command: Some(Vec::new()),
@@ -195,6 +233,9 @@ impl Cri {
             cspec::set_sysctls(&mut spec, &l.sysctls)?;
         }
         cspec::set_oom_score_adj(&mut spec, -998);
+        if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&rec.config), &rec.id)? {
+            cspec::set_cgroups_path(&mut spec, &path)?;
+        }
         let mut c = created;
         c.spec = spec;
         self.services
@@ -316,7 +357,9 @@ impl Cri {
             Err(e) => return Err(e),
         }
         self.remove_files(&rec).await;
-        self.records.delete_sandbox(&id).await
+        self.records.delete_sandbox(&id).await?;
+        self.drop_task_lock(&id);
+        Ok(())
     }
 
     /// READY while the pause runs and the sandbox was not stopped.

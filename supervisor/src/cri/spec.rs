@@ -46,6 +46,74 @@ pub fn set_namespaces(spec: &mut Value, kinds: &[(&str, Ns)]) -> Result<()> {
     Ok(())
 }
 
+/// Longest cgroup parent taken.
+const MAX_CGROUP_PARENT: usize = 1024;
+
+/// The cgroup path of a pod's process `id` under the pod's `cgroup_parent`, or None when the
+/// pod names none (sup's own `/sup/k8s.io/<id>` stays). The kubelet's cgroupfs driver names
+/// a path (`/kubepods/burstable/pod<uid>`); its systemd driver a slice
+/// (`kubepods-burstable-pod<uid>.slice`), which is expanded to the directory systemd gives
+/// it, each dash a level (`/kubepods.slice/kubepods-burstable.slice/...`). Either way the
+/// runtime manages the process's own cgroup below it through the cgroup filesystem.
+pub fn pod_cgroups_path(parent: &str, id: &str) -> Result<Option<String>> {
+    if parent.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: &str| {
+        Error::invalid(format!(
+            "cgroup parent {:?}: {why}",
+            crate::error::printable(parent)
+        ))
+    };
+    if parent.len() > MAX_CGROUP_PARENT {
+        return Err(bad("too long"));
+    }
+    if parent.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("has spaces or control characters"));
+    }
+    let base = if !parent.contains('/') && parent.ends_with(".slice") {
+        slice_path(parent).ok_or_else(|| bad("not a valid systemd slice name"))?
+    } else {
+        let parts: Vec<&str> = parent.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| *p == "." || *p == "..") {
+            return Err(bad("has \".\" or \"..\" components"));
+        }
+        format!("/{}", parts.join("/"))
+    };
+    let base = base.trim_end_matches('/');
+    Ok(Some(format!("{base}/{id}")))
+}
+
+/// The directory of systemd slice `name`: a slice `a-b-c.slice` lives in `a-b.slice`, which
+/// lives in `a.slice`; `-.slice` is the root.
+fn slice_path(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".slice")?;
+    if stem == "-" {
+        return Some("/".into());
+    }
+    if stem.is_empty() || stem.starts_with('-') || stem.ends_with('-') || stem.contains("--") {
+        return None;
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Some(path)
+}
+
+/// Puts the process in cgroup `path` (see `pod_cgroups_path`).
+pub fn set_cgroups_path(spec: &mut Value, path: &str) -> Result<()> {
+    linux(spec)?.insert("cgroupsPath".into(), json!(path));
+    Ok(())
+}
+
 /// The pod's sysctls, checked: names are dotted or slashed kernel keys, values have no NUL.
 pub fn set_sysctls(spec: &mut Value, sysctls: &HashMap<String, String>) -> Result<()> {
     if sysctls.is_empty() {
@@ -349,6 +417,39 @@ mod tests {
             ..Default::default()
         };
         assert!(resolv_conf(&bad).is_err());
+    }
+
+    #[test]
+    fn cgroup_parents() {
+        assert_eq!(pod_cgroups_path("", "c1").unwrap(), None);
+        assert_eq!(
+            pod_cgroups_path("/kubepods/burstable/pod12", "c1").unwrap(),
+            Some("/kubepods/burstable/pod12/c1".into())
+        );
+        assert_eq!(
+            pod_cgroups_path("kubepods/pod12/", "c1").unwrap(),
+            Some("/kubepods/pod12/c1".into())
+        );
+        assert_eq!(
+            pod_cgroups_path("kubepods-burstable-pod12_ab.slice", "c1").unwrap(),
+            Some(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_ab.slice/c1"
+                    .into()
+            )
+        );
+        assert_eq!(
+            pod_cgroups_path("-.slice", "c1").unwrap(),
+            Some("/c1".into())
+        );
+        for bad in [
+            "/kubepods/../etc",
+            "a--b.slice",
+            "-a.slice",
+            "/x y",
+            "/a/./b",
+        ] {
+            assert!(pod_cgroups_path(bad, "c1").is_err(), "{bad}");
+        }
     }
 
     #[test]

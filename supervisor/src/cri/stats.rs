@@ -46,6 +46,64 @@ fn usage(stats: &Value, at: i64) -> (cri::CpuUsage, cri::MemoryUsage) {
     (cpu, mem)
 }
 
+/// The processes a cgroup holds, from the same stats.
+fn process_count(stats: &Value) -> Option<u64> {
+    num(stats.get("data").unwrap_or(stats), "/pids/current")
+}
+
+/// Per-interface counters of a network namespace, from the `/proc/<pid>/net/dev` text of a
+/// process in it; the loopback is left out.
+pub fn interfaces(net_dev: &str) -> Vec<cri::NetworkInterfaceUsage> {
+    let mut out = Vec::new();
+    // Two header lines, then `name: rx_bytes packets errs drop fifo frame compressed
+    // multicast tx_bytes packets errs ...`.
+    for line in net_dev.lines().skip(2) {
+        let Some((name, fields)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name == "lo" || name.is_empty() {
+            continue;
+        }
+        let f: Vec<u64> = fields
+            .split_whitespace()
+            .map_while(|x| x.parse().ok())
+            .collect();
+        if f.len() < 11 {
+            continue;
+        }
+        out.push(cri::NetworkInterfaceUsage {
+            name: name.to_string(),
+            rx_bytes: value(Some(f[0])),
+            rx_errors: value(Some(f[2])),
+            tx_bytes: value(Some(f[8])),
+            tx_errors: value(Some(f[10])),
+        });
+    }
+    out
+}
+
+/// A pod's network usage: every interface of its namespace, `eth0` (the interface CNI
+/// plugins make for the pod) as the default.
+fn network_usage(net_dev: &str, at: i64) -> Option<cri::NetworkUsage> {
+    let interfaces = interfaces(net_dev);
+    let default_interface = interfaces
+        .iter()
+        .find(|i| i.name == "eth0")
+        .or(interfaces.first())
+        .cloned();
+    default_interface.as_ref()?;
+    Some(cri::NetworkUsage {
+        timestamp: at,
+        default_interface,
+        interfaces,
+    })
+}
+
+fn get(v: &Option<cri::UInt64Value>) -> u64 {
+    v.as_ref().map_or(0, |v| v.value)
+}
+
 impl Cri {
     pub async fn container_stats(&self, rec: &ContainerRecord) -> Result<cri::ContainerStats> {
         let at = super::now();
@@ -60,7 +118,10 @@ impl Cri {
         };
         if self.services.task(NAMESPACE, &rec.id).is_ok() {
             let stats = self.services.task_stats(NAMESPACE, &rec.id).await?;
-            let (cpu, mem) = usage(&stats, at);
+            let (mut cpu, mem) = usage(&stats, at);
+            if let Some(total) = &cpu.usage_core_nano_seconds {
+                cpu.usage_nano_cores = value(self.nano_cores(&rec.id, at, total.value));
+            }
             out.cpu = Some(cpu);
             out.memory = Some(mem);
         }
@@ -103,41 +164,49 @@ impl Cri {
         Ok(out)
     }
 
-    /// A pod's stats: its pause's cgroup numbers plus the sum over its containers.
+    /// A pod's stats: its pause's cgroup numbers plus the sum over its containers, the
+    /// interfaces of its network namespace and its process count.
     pub async fn sandbox_stats(&self, rec: &SandboxRecord) -> Result<cri::PodSandboxStats> {
         let at = super::now();
         let mut containers = Vec::new();
+        let mut processes = 0u64;
         for c in self.records.containers()? {
             if c.sandbox_id == rec.id && self.services.task(NAMESPACE, &c.id).is_ok() {
                 if let Ok(s) = self.container_stats(&c).await {
                     containers.push(s);
                 }
+                if let Ok(stats) = self.services.task_stats(NAMESPACE, &c.id).await {
+                    processes += process_count(&stats).unwrap_or(0);
+                }
             }
         }
-        let (mut cpu_total, mut ws_total, mut use_total) = (0u64, 0u64, 0u64);
+        let (mut cpu_total, mut ws_total, mut use_total, mut rss_total) = (0u64, 0, 0, 0);
         if let Ok(stats) = self.services.task_stats(NAMESPACE, &rec.id).await {
             let (cpu, mem) = usage(&stats, at);
-            cpu_total += cpu.usage_core_nano_seconds.map_or(0, |v| v.value);
-            ws_total += mem.working_set_bytes.map_or(0, |v| v.value);
-            use_total += mem.usage_bytes.map_or(0, |v| v.value);
+            cpu_total += get(&cpu.usage_core_nano_seconds);
+            ws_total += get(&mem.working_set_bytes);
+            use_total += get(&mem.usage_bytes);
+            rss_total += get(&mem.rss_bytes);
+            processes += process_count(&stats).unwrap_or(0);
         }
         for c in &containers {
-            cpu_total += c
-                .cpu
-                .as_ref()
-                .and_then(|x| x.usage_core_nano_seconds.as_ref())
-                .map_or(0, |v| v.value);
-            ws_total += c
-                .memory
-                .as_ref()
-                .and_then(|x| x.working_set_bytes.as_ref())
-                .map_or(0, |v| v.value);
-            use_total += c
-                .memory
-                .as_ref()
-                .and_then(|x| x.usage_bytes.as_ref())
-                .map_or(0, |v| v.value);
+            if let Some(cpu) = &c.cpu {
+                cpu_total += get(&cpu.usage_core_nano_seconds);
+            }
+            if let Some(mem) = &c.memory {
+                ws_total += get(&mem.working_set_bytes);
+                use_total += get(&mem.usage_bytes);
+                rss_total += get(&mem.rss_bytes);
+            }
         }
+        // The pause's view of its namespace; none for a pod on the host's network.
+        let network = match (&rec.netns, self.pause_pid(rec)) {
+            (Some(_), Ok(pid)) => tokio::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+                .await
+                .ok()
+                .and_then(|text| network_usage(&text, at)),
+            _ => None,
+        };
         Ok(cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: rec.id.clone(),
@@ -149,16 +218,20 @@ impl Cri {
                 cpu: Some(cri::CpuUsage {
                     timestamp: at,
                     usage_core_nano_seconds: value(Some(cpu_total)),
-                    usage_nano_cores: None,
+                    usage_nano_cores: value(self.nano_cores(&rec.id, at, cpu_total)),
                 }),
                 memory: Some(cri::MemoryUsage {
                     timestamp: at,
                     working_set_bytes: value(Some(ws_total)),
                     usage_bytes: value(Some(use_total)),
+                    rss_bytes: value(Some(rss_total)),
                     ..Default::default()
                 }),
-                network: None,
-                process: None,
+                network,
+                process: Some(cri::ProcessUsage {
+                    timestamp: at,
+                    process_count: value(Some(processes)),
+                }),
                 containers,
             }),
             windows: None,
@@ -187,6 +260,30 @@ impl Cri {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn net_dev() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0
+  eth0:    5000      40    1    0    0     0          0         0     3000      30    2    0    0     0       0          0
+";
+        let all = interfaces(text);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].name, "eth0");
+        assert_eq!(all[0].rx_bytes.as_ref().unwrap().value, 5000);
+        assert_eq!(all[0].rx_errors.as_ref().unwrap().value, 1);
+        assert_eq!(all[0].tx_bytes.as_ref().unwrap().value, 3000);
+        assert_eq!(all[0].tx_errors.as_ref().unwrap().value, 2);
+        let usage = network_usage(text, 7).unwrap();
+        assert_eq!(usage.default_interface.unwrap().name, "eth0");
+        assert!(network_usage(&text.replace("eth0", "lo"), 7).is_none());
+        assert_eq!(
+            process_count(&json!({"data": {"pids": {"current": 3}}})),
+            Some(3)
+        );
+    }
 
     #[test]
     fn working_set() {
