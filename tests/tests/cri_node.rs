@@ -168,6 +168,23 @@ async fn pod_cgroup_holds_its_containers() {
         .await;
     let pid = task_pid(&env, &sleeper).await.expect("container pid");
     assert_eq!(memory_cgroup_of(pid), format!("{parent}/{sleeper}"));
+    // crictl inspect shows the same: the pid and the spec's cgroup path.
+    let verbose = env
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: sleeper.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(&verbose.info["info"]).expect("verbose info is JSON");
+    assert_eq!(info["pid"], pid);
+    assert_eq!(
+        info["runtimeSpec"]["linux"]["cgroupsPath"],
+        format!("{parent}/{sleeper}")
+    );
 
     // The pod's limit holds a container that has none of its own.
     let hog = env

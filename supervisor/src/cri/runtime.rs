@@ -91,7 +91,7 @@ impl RuntimeService for CriRuntime {
         let rec = c.records.sandbox(&id).map_err(status)?;
         let st = c.sandbox_status(&rec).await;
         let info = if r.verbose {
-            c.sandbox_info(&rec)
+            c.verbose_info(&rec, &rec.id)
         } else {
             Default::default()
         };
@@ -188,12 +188,11 @@ impl RuntimeService for CriRuntime {
         let id = c.resolve_container(&r.container_id).map_err(status)?;
         let rec = c.records.container(&id).map_err(status)?;
         let st = c.container_status(&rec).await;
-        let mut info = std::collections::HashMap::new();
-        if r.verbose {
-            if let Ok(j) = serde_json::to_string(&rec) {
-                info.insert("info".to_string(), j);
-            }
-        }
+        let info = if r.verbose {
+            c.verbose_info(&rec, &rec.id)
+        } else {
+            Default::default()
+        };
         ok(cri::ContainerStatusResponse {
             status: Some(st),
             info,

@@ -428,12 +428,25 @@ impl Cri {
         Ok(out)
     }
 
-    /// The JSON of a sandbox's record, for verbose status.
-    pub fn sandbox_info(&self, rec: &SandboxRecord) -> HashMap<String, String> {
+    /// Verbose status, under "info" as crictl inspect reads it: the CRI record of sup
+    /// container `id`, its task's pid (0 without a task) and its OCI spec.
+    pub fn verbose_info(
+        &self,
+        record: &impl serde::Serialize,
+        id: &str,
+    ) -> HashMap<String, String> {
         let mut info = HashMap::new();
-        if let Ok(j) = serde_json::to_string(rec) {
-            info.insert("info".to_string(), j);
+        let Ok(mut v) = serde_json::to_value(record) else {
+            return info;
+        };
+        if let Some(o) = v.as_object_mut() {
+            let pid = self.services.task(NAMESPACE, id).map_or(0, |t| t.pid);
+            o.insert("pid".into(), serde_json::json!(pid));
+            if let Ok(c) = self.services.container_get(NAMESPACE, id) {
+                o.insert("runtimeSpec".into(), c.spec);
+            }
         }
+        info.insert("info".to_string(), v.to_string());
         info
     }
 
