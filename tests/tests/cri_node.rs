@@ -467,3 +467,78 @@ async fn exits_during_downtime_are_collected() {
     env.remove_pod(&pod).await;
     env.assert_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_rotation_with_reopen() {
+    let mut env = CriEnv::start().await;
+    env.import_busybox().await;
+    let log_dir = env.log_dir("rotated");
+    let pod_cfg = pod_config("rotated", &log_dir, true);
+    let pod = env.run_pod(pod_cfg.clone()).await;
+    let talker = env
+        .start_container(
+            &pod,
+            &pod_cfg,
+            container_config(
+                "talker",
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo one; while [ ! -e /next ]; do /bin/busybox sleep 0.1; done; \
+                     echo two; exec /bin/busybox sleep 1000",
+                ],
+            ),
+        )
+        .await;
+    let log = log_dir.join("talker.log");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_for("the first line", Duration::from_secs(10), || async {
+        read(&log).contains("stdout F one").then_some(())
+    })
+    .await;
+
+    // The kubelet's rotation: rename, then ask for a reopen.
+    let rotated = log_dir.join("talker.log.20261122-000000");
+    std::fs::rename(&log, &rotated).expect("rename the log");
+    env.runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: talker.clone(),
+        })
+        .await
+        .expect("ReopenContainerLog");
+    assert!(
+        log.exists(),
+        "the new log file exists once the reopen answers"
+    );
+    let pid = task_pid(&env, &talker).await.expect("talker pid");
+    std::fs::write(format!("/proc/{pid}/root/next"), b"").expect("tell the talker");
+    wait_for("the second line", Duration::from_secs(10), || async {
+        read(&log).contains("stdout F two").then_some(())
+    })
+    .await;
+    let old = read(&rotated);
+    assert!(
+        old.contains("stdout F one") && !old.contains("two"),
+        "{old}"
+    );
+    assert!(!read(&log).contains("one"), "{}", read(&log));
+
+    // Only a running container's log can be reopened.
+    env.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: talker.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer");
+    let err = env
+        .runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: talker.clone(),
+        })
+        .await
+        .expect_err("a stopped container's log is not reopened");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    env.remove_pod(&pod).await;
+    env.assert_clean().await;
+}

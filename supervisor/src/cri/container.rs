@@ -498,12 +498,23 @@ impl Cri {
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
         let id = self.resolve_container(id)?;
         let st = self.services.process_status(NAMESPACE, &id, "").await;
-        match st {
-            Ok(s) if s.status == api::TaskStatus::Running => Ok(()),
-            _ => Err(Error::precondition(format!(
+        if !matches!(st, Ok(s) if s.status == api::TaskStatus::Running) {
+            return Err(Error::precondition(format!(
                 "container {id:?} is not running"
-            ))),
+            )));
         }
+        // The kubelet has renamed the file away. The new one exists from now on (readers
+        // expect it); the shim notices the path names another file at its next write and
+        // switches to it.
+        let rec = self.records.container(&id)?;
+        if !rec.log_path.is_empty() {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&rec.log_path)
+                .map_err(|e| Error::io(format!("reopening {}", rec.log_path), e))?;
+        }
+        Ok(())
     }
 }
 
