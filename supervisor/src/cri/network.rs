@@ -72,7 +72,8 @@ impl NetworkList {
 }
 
 /// What ADD made, kept for DEL: the very configuration it ran (the conf dir may change
-/// before the pod goes), its result and the port mappings.
+/// before the pod goes), its result (null until every plugin has run) and the port
+/// mappings.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Cached {
     file: String,
@@ -407,6 +408,19 @@ pub async fn setup(
     check_pod(pod)?;
     let list = load(cfg)?;
     let ports = port_mappings_json(port_mappings);
+    let mut record = Cached {
+        file: list.file.display().to_string(),
+        network: list.name.clone(),
+        version: list.version.clone(),
+        plugins: list.plugins.clone(),
+        result: Value::Null,
+        port_mappings: ports.clone(),
+    };
+    // Recorded before ADD as well: if supd dies or the call is dropped halfway, plugins may
+    // hold state that only a DEL with this very configuration undoes (portmap deletes its
+    // rules only when DEL names the port mappings).
+    let cache = cache_path(netns);
+    keep_record(&cache, &record);
     let add = Invocation {
         cfg,
         command: "ADD",
@@ -422,7 +436,7 @@ pub async fn setup(
             Ok(result) => prev = Some(result),
             Err(e) => {
                 tracing::info!(pod = %pod.id, plugin = kind, error = %e, "CNI ADD failed; undoing");
-                del_plugins(
+                let undo = del_plugins(
                     cfg,
                     netns,
                     pod,
@@ -432,26 +446,40 @@ pub async fn setup(
                     &ports,
                 )
                 .await;
+                // Undone: nothing is left for a later DEL. Else the record lets it retry.
+                if undo.is_empty() {
+                    remove_record(&cache);
+                }
                 return Err(e.context(format!("pod {:?}: network {:?}", pod.id, list.name)));
             }
         }
     }
-    let result = prev.unwrap_or(Value::Null);
-    let cached = Cached {
-        file: list.file.display().to_string(),
-        network: list.name.clone(),
-        version: list.version.clone(),
-        plugins: list.plugins.clone(),
-        result: result.clone(),
-        port_mappings: ports,
-    };
-    let data = serde_json::to_vec(&cached).map_err(|e| Error::internal(e.to_string()))?;
-    let cache = cache_path(netns);
-    if let Err(e) = std::fs::write(&cache, data) {
-        tracing::warn!(path = %cache.display(), error = %e, "cannot keep the CNI result");
-    }
+    record.result = prev.unwrap_or(Value::Null);
+    keep_record(&cache, &record);
     tracing::info!(pod = %pod.id, network = %list.name, "pod network attached");
-    Ok(first_ipv4(&result))
+    Ok(first_ipv4(&record.result))
+}
+
+/// Writes the record of an attachment whole (a new file renamed over the old), so that a
+/// crash never leaves half of one; a failure is logged: DEL then uses the current config.
+fn keep_record(path: &Path, record: &Cached) {
+    let tmp = path.with_extension("json.new");
+    let written = serde_json::to_vec(record)
+        .map_err(std::io::Error::other)
+        .and_then(|data| std::fs::write(&tmp, data))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(path = %path.display(), error = %e, "cannot keep the CNI record");
+    }
+}
+
+fn remove_record(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove CNI record"),
+    }
 }
 
 /// DEL for `plugins`, last first; errors are logged, not returned.
@@ -517,11 +545,7 @@ pub async fn teardown(cfg: &NetConfig, netns: &Path, pod: &PodRef) -> Result<()>
     if let Some(e) = errors.into_iter().next() {
         return Err(e.context(format!("pod {:?}: network {:?}", pod.id, list.name)));
     }
-    match std::fs::remove_file(&cache) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %cache.display(), error = %e, "cannot remove CNI result"),
-    }
+    remove_record(&cache);
     tracing::info!(pod = %pod.id, network = %list.name, "pod network detached");
     Ok(())
 }
@@ -621,6 +645,67 @@ mod tests {
         assert!(lines[1].contains("\"prevResult\""), "{}", lines[1]);
         // Nothing recorded and no configuration: DEL has nothing to do.
         teardown(&cfg, &netns, &pod).await.expect("second DEL");
+    }
+
+    /// A plugin whose ADD never ends; it says when it has started.
+    const HANGING_PLUGIN: &str = "#!/bin/sh\n\
+        read -r conf\n\
+        case \"$CNI_COMMAND\" in ADD) touch \"$(dirname \"$0\")/started\"; exec sleep 60;; esac\n";
+
+    #[tokio::test]
+    async fn del_after_an_interrupted_add_names_the_ports() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (bin, conf) = (dir.path().join("bin"), dir.path().join("conf"));
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        std::fs::create_dir_all(&conf).expect("conf dir");
+        for (name, script) in [("fake", FAKE_PLUGIN), ("hang", HANGING_PLUGIN)] {
+            let plugin = bin.join(name);
+            std::fs::write(&plugin, script).expect("plugin");
+            std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        let list = json!({"cniVersion": "1.0.0", "name": "t", "plugins": [
+            {"type": "fake", "capabilities": {"portMappings": true}},
+            {"type": "hang"}
+        ]});
+        std::fs::write(conf.join("1.conflist"), list.to_string()).expect("conflist");
+        let cfg = NetConfig {
+            conf_dirs: vec![conf.clone()],
+            bin_dirs: vec![bin.clone()],
+        };
+        let pod = PodRef {
+            id: "p2".into(),
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: "u2".into(),
+        };
+        let ports = [k8s_cri::v1::PortMapping {
+            protocol: k8s_cri::v1::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 8081,
+            host_ip: String::new(),
+        }];
+        let netns = dir.path().join("netns");
+        let started = bin.join("started");
+        // The ADD is dropped halfway, as when supd dies or the RPC is cancelled: the first
+        // plugin has added its state, the second never answers.
+        tokio::select! {
+            r = setup(&cfg, &netns, &pod, &ports) => panic!("ADD finished: {r:?}"),
+            () = async {
+                while !started.exists() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            } => {}
+        }
+        teardown(&cfg, &netns, &pod).await.expect("DEL");
+        let log = std::fs::read_to_string(bin.join("log")).expect("plugin log");
+        let del = log
+            .lines()
+            .find(|l| l.starts_with("DEL p2 "))
+            .unwrap_or_else(|| panic!("no DEL: {log}"));
+        assert!(del.contains("\"hostPort\":8081"), "{del}");
+        assert!(!cache_path(&netns).exists());
     }
 
     #[test]
