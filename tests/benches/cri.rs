@@ -1,11 +1,17 @@
 //! Benchmark of the CRI path a kubelet takes: medians over SUP_BENCH_RUNS (10) runs of
 //! RunPodSandbox + CreateContainer + StartContainer, with host networking and with a CNI
-//! bridge network, and of ExecSync latency over SUP_BENCH_EXECS (30) calls. Every pod is
-//! removed after it is measured. `cargo bench -p sup-tests --bench cri` (as root); the
-//! binaries come from SUP_BIN_DIR or the target directory of this bench.
+//! bridge network, of ExecSync and ContainerStats over SUP_BENCH_EXECS (30) calls, and of
+//! ListPodSandboxStats with 10 pods. The baseline, measured in the same run, is bare runc on
+//! the same busybox root filesystem: two detached `runc run -d` (a pod's pause and its
+//! container), `runc exec` and `runc events --stats`. Every pod and bare container is removed
+//! after it is measured. `cargo bench -p sup-tests --bench cri` (as root); the binaries come
+//! from SUP_BIN_DIR or the target directory of this bench.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1 as cri;
+use sup_tests::bare::{make_bundle, runc, timed, timed_detached, BareRoot};
 use sup_tests::cri::{container_config, pod_config, CriEnv};
 
 const SLEEPER: [&str; 3] = ["/bin/sh", "-c", "exec /bin/busybox sleep 1000"];
@@ -18,8 +24,7 @@ fn count(var: &str, default: usize) -> usize {
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
+    sup_tests::bare::median(&mut v)
 }
 
 fn ms(d: Duration) -> String {
@@ -38,6 +43,87 @@ async fn pod_start(env: &mut CriEnv, i: usize, host: bool) -> Duration {
     let took = started.elapsed();
     env.remove_pod(&pod).await;
     took
+}
+
+/// Bare runc: times two detached starts (a pause and a container), then removes both
+/// (untimed).
+fn bare_pod_start(root: &BareRoot, bundle: &Path, i: usize) -> Duration {
+    let bundle = bundle.to_string_lossy().into_owned();
+    let ids = [format!("bare-pause-{i}"), format!("bare-c-{i}")];
+    let mut took = Duration::ZERO;
+    for id in &ids {
+        took += timed_detached(runc(&root.root, &["run", "-d", "--bundle", &bundle, id]))
+            .unwrap_or_else(|e| panic!("bare runc run: {e}"));
+    }
+    for id in &ids {
+        root.remove(id);
+    }
+    took
+}
+
+/// The bare baselines: pod-like starts, then exec and stats latency against one running
+/// container.
+fn bare_baselines(runs: usize, calls: usize) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
+    let scratch = tempfile::Builder::new()
+        .prefix("supbench")
+        .tempdir_in("/tmp")
+        .expect("scratch dir");
+    let bundle = make_bundle(scratch.path(), "", &["/bin/busybox", "sleep", "1000"]);
+    // Each bare container gets the cgroup runc names after its id, removed with it.
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("config.json")).expect("json");
+    if let Some(linux) = spec["linux"].as_object_mut() {
+        linux.remove("cgroupsPath");
+    }
+    std::fs::write(&config, serde_json::to_vec(&spec).expect("json")).expect("config.json");
+    let root = BareRoot {
+        root: scratch.path().join("runc-root"),
+    };
+    bare_pod_start(&root, &bundle, 0);
+    let starts = (1..=runs)
+        .map(|i| bare_pod_start(&root, &bundle, i))
+        .collect();
+    let b = bundle.to_string_lossy().into_owned();
+    timed_detached(runc(
+        &root.root,
+        &["run", "-d", "--bundle", &b, "bare-exec"],
+    ))
+    .unwrap_or_else(|e| panic!("bare runc run: {e}"));
+    let execs = (0..calls)
+        .map(|_| {
+            timed(runc(
+                &root.root,
+                &["exec", "bare-exec", "/bin/busybox", "true"],
+            ))
+            .unwrap_or_else(|e| panic!("runc exec: {e}"))
+        })
+        .collect();
+    let stats = (0..calls)
+        .map(|_| {
+            timed(runc(&root.root, &["events", "--stats", "bare-exec"]))
+                .unwrap_or_else(|e| panic!("runc events --stats: {e}"))
+        })
+        .collect();
+    root.remove("bare-exec");
+    (starts, execs, stats)
+}
+
+fn row(what: &str, samples: &[Duration], baseline: Option<&[Duration]>) {
+    let med = median(samples.to_vec());
+    match baseline {
+        Some(b) => {
+            let base = median(b.to_vec());
+            println!(
+                "{what:<48} {:>6} {:>10} {:>12} {:>7.2}x",
+                samples.len(),
+                ms(med),
+                ms(base),
+                med.as_secs_f64() / base.as_secs_f64().max(1e-9)
+            );
+        }
+        None => println!("{what:<48} {:>6} {:>10}", samples.len(), ms(med)),
+    }
 }
 
 fn main() {
@@ -74,29 +160,63 @@ fn main() {
             exec.push(started.elapsed());
             assert_eq!(r.exit_code, 0);
         }
+        let mut stats = Vec::new();
+        for _ in 0..execs {
+            let started = Instant::now();
+            env.container_stats(&c).await;
+            stats.push(started.elapsed());
+        }
         env.remove_pod(&pod).await;
-        let left = env.leftovers().await;
 
-        println!("CRI benchmark (medians; supd debug log on)");
-        println!("{:<48} {:>6} {:>10}", "operation", "runs", "median ms");
+        // Ten pods of one container each: what a kubelet's stats round asks.
+        let mut pods = Vec::new();
+        for i in 0..10 {
+            let name = format!("bench-stats-{i}");
+            let cfg = pod_config(&name, &env.log_dir(&name), false);
+            let pod = env.run_pod(cfg.clone()).await;
+            env.start_container(&pod, &cfg, container_config("c", &SLEEPER))
+                .await;
+            pods.push(pod);
+        }
+        let mut pod_stats = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            let n = env
+                .runtime
+                .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+                .await
+                .expect("ListPodSandboxStats")
+                .into_inner()
+                .stats
+                .len();
+            pod_stats.push(started.elapsed());
+            assert_eq!(n, pods.len());
+        }
+        for pod in &pods {
+            env.remove_pod(pod).await;
+        }
+        let left = env.leftovers().await;
+        let (bare_starts, bare_execs, bare_stats) = bare_baselines(runs, execs);
+
+        println!("CRI benchmark (medians; supd debug log on; baseline: bare runc, same run)");
         println!(
-            "{:<48} {:>6} {:>10}",
+            "{:<48} {:>6} {:>10} {:>12} {:>8}",
+            "operation", "runs", "median ms", "baseline ms", "ratio"
+        );
+        row(
             "RunPodSandbox+Create+Start, host network",
-            host.len(),
-            ms(median(host.clone()))
+            &host,
+            Some(&bare_starts),
         );
-        println!(
-            "{:<48} {:>6} {:>10}",
+        row(
             "RunPodSandbox+Create+Start, CNI bridge",
-            cni.len(),
-            ms(median(cni.clone()))
+            &cni,
+            Some(&bare_starts),
         );
-        println!(
-            "{:<48} {:>6} {:>10}",
-            "ExecSync (busybox true)",
-            exec.len(),
-            ms(median(exec))
-        );
+        row("ExecSync (busybox true)", &exec, Some(&bare_execs));
+        row("ContainerStats", &stats, Some(&bare_stats));
+        row("ListPodSandboxStats, 10 pods", &pod_stats, None);
+        println!("baselines: 2x `runc run -d`; `runc exec`; `runc events --stats`");
         let (h, n) = (median(host), median(cni));
         if !h.is_zero() {
             println!(

@@ -6,13 +6,11 @@
 //! complete build of target/release and target/debug).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
+use sup_tests::bare::{make_bundle, median, remove_cgroup_parent, timed};
 use sup_tests::task::{self, World};
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -47,73 +45,12 @@ fn choose_binaries() -> (PathBuf, &'static str) {
     }
 }
 
-/// Runs `cmd` with no stdio and returns how long it took; fails on a non-zero exit.
-fn timed(mut cmd: Command) -> Result<Duration, String> {
-    let shown = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let child = cmd.spawn().map_err(|e| format!("{shown}: {e}"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = rx
-        .recv_timeout(RUN_TIMEOUT)
-        .map_err(|_| format!("{shown}: still running after {RUN_TIMEOUT:?}"))?
-        .map_err(|e| format!("{shown}: {e}"))?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        return Err(format!(
-            "{shown}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(took)
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    match samples.len() {
-        0 => Duration::ZERO,
-        n if n % 2 == 1 => samples[n / 2],
-        n => (samples[n / 2 - 1] + samples[n / 2]) / 2,
-    }
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// A runc bundle running `true` in the test image's root filesystem.
-fn make_bundle(dir: &Path, cgroup_parent: &str) -> PathBuf {
-    let bundle = dir.join("bundle");
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(&rootfs).expect("bundle dir");
-    let tar = task::rootfs_layer().tar();
-    let mut archive = tar::Archive::new(tar.as_slice());
-    archive.set_preserve_permissions(true);
-    archive.unpack(&rootfs).expect("unpack the busybox layer");
-    let out = Command::new("runc")
-        .arg("spec")
-        .current_dir(&bundle)
-        .output()
-        .expect("run `runc spec` (is runc installed?)");
-    assert!(out.status.success(), "runc spec: {out:?}");
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
-    spec["process"]["terminal"] = json!(false);
-    spec["process"]["args"] = json!(["true"]);
-    spec["linux"]["cgroupsPath"] = json!(format!("/{cgroup_parent}/bare"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write spec");
-    bundle
 }
 
 fn bare_runc(dir: &Path, bundle: &Path, runs: usize) -> Vec<Duration> {
@@ -165,18 +102,6 @@ fn detached_starts(world: &World, n: usize) -> (Duration, Vec<Duration>) {
     (started.elapsed(), each)
 }
 
-fn remove_cgroup_parent(name: &str) {
-    let root = Path::new("/sys/fs/cgroup");
-    let mut dirs = vec![root.join(name)];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path().join(name)));
-    }
-    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
-        let _ = std::fs::remove_dir(dir.join("bare"));
-        let _ = std::fs::remove_dir(&dir);
-    }
-}
-
 async fn bench() {
     let runs = count("SUP_BENCH_RUNS", 20).max(1);
     let containers = count("SUP_BENCH_CONTAINERS", 50).max(1);
@@ -193,7 +118,7 @@ async fn bench() {
         .tempdir_in("/tmp")
         .expect("scratch dir");
     let cgroup_parent = format!("sup-bench-{}", std::process::id());
-    let bundle = make_bundle(scratch.path(), &cgroup_parent);
+    let bundle = make_bundle(scratch.path(), &cgroup_parent, &["true"]);
     let mut bare = bare_runc(scratch.path(), &bundle, runs);
     remove_cgroup_parent(&cgroup_parent);
     eprintln!(

@@ -5,6 +5,7 @@
 //! `sup_client` or the supctl binary, and checks unpacked trees entry by entry with [`Tree`].
 #![deny(unsafe_code)]
 
+pub mod bare;
 pub mod big;
 pub mod bins;
 pub mod busybox;

@@ -106,7 +106,16 @@ fn get(v: &Option<cri::UInt64Value>) -> u64 {
 
 impl Cri {
     pub async fn container_stats(&self, rec: &ContainerRecord) -> Result<cri::ContainerStats> {
+        Ok(self.container_stats_counted(rec).await?.0)
+    }
+
+    /// A container's stats and the number of processes it holds (None without a task).
+    async fn container_stats_counted(
+        &self,
+        rec: &ContainerRecord,
+    ) -> Result<(cri::ContainerStats, Option<u64>)> {
         let at = super::now();
+        let mut processes = None;
         let mut out = cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
                 id: rec.id.clone(),
@@ -118,6 +127,7 @@ impl Cri {
         };
         if self.services.task(NAMESPACE, &rec.id).is_ok() {
             let stats = self.services.task_stats(NAMESPACE, &rec.id).await?;
+            processes = process_count(&stats);
             let (mut cpu, mem) = usage(&stats, at);
             if let Some(total) = &cpu.usage_core_nano_seconds {
                 cpu.usage_nano_cores = value(self.nano_cores(&rec.id, at, total.value));
@@ -140,7 +150,7 @@ impl Cri {
                 }
             }
         }
-        Ok(out)
+        Ok((out, processes))
     }
 
     pub async fn list_container_stats(
@@ -172,11 +182,9 @@ impl Cri {
         let mut processes = 0u64;
         for c in self.records.containers()? {
             if c.sandbox_id == rec.id && self.services.task(NAMESPACE, &c.id).is_ok() {
-                if let Ok(s) = self.container_stats(&c).await {
+                if let Ok((s, n)) = self.container_stats_counted(&c).await {
                     containers.push(s);
-                }
-                if let Ok(stats) = self.services.task_stats(NAMESPACE, &c.id).await {
-                    processes += process_count(&stats).unwrap_or(0);
+                    processes += n.unwrap_or(0);
                 }
             }
         }
