@@ -1,12 +1,17 @@
 //! Container and pod stats from the runtime's cgroup numbers (Tasks stats) and the
 //! snapshotter's usage of the writable layer.
 
+use futures::stream::{self, StreamExt};
 use k8s_cri::v1 as cri;
 use serde_json::Value;
 
 use super::records::{ContainerRecord, SandboxRecord};
 use super::{Cri, NAMESPACE};
 use crate::error::Result;
+
+/// How many containers' (or pods') stats are gathered at once: each may cost a runtime
+/// process, and a node may run hundreds.
+const PARALLEL_STATS: usize = 8;
 
 fn num(d: &Value, path: &str) -> Option<u64> {
     d.pointer(path).and_then(Value::as_u64)
@@ -158,17 +163,30 @@ impl Cri {
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>> {
         let f = filter.unwrap_or_default();
+        let wanted: Vec<ContainerRecord> = self
+            .records
+            .containers()?
+            .into_iter()
+            .filter(|rec| {
+                rec.id.starts_with(&f.id)
+                    && rec.sandbox_id.starts_with(&f.pod_sandbox_id)
+                    && super::selector_matches(&f.label_selector, &rec.config.labels)
+                    && self.services.task(NAMESPACE, &rec.id).is_ok()
+            })
+            .collect();
+        let all: Vec<_> = stream::iter(wanted)
+            .map(|rec| async move {
+                let got = self.container_stats(&rec).await;
+                (rec, got)
+            })
+            .buffered(PARALLEL_STATS)
+            .collect()
+            .await;
         let mut out = Vec::new();
-        for rec in self.records.containers()? {
-            if rec.id.starts_with(&f.id)
-                && rec.sandbox_id.starts_with(&f.pod_sandbox_id)
-                && super::selector_matches(&f.label_selector, &rec.config.labels)
-                && self.services.task(NAMESPACE, &rec.id).is_ok()
-            {
-                match self.container_stats(&rec).await {
-                    Ok(s) => out.push(s),
-                    Err(e) => tracing::debug!(container = %rec.id, error = %e, "no stats"),
-                }
+        for (rec, got) in all {
+            match got {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::debug!(container = %rec.id, error = %e, "no stats"),
             }
         }
         Ok(out)
@@ -178,18 +196,27 @@ impl Cri {
     /// interfaces of its network namespace and its process count.
     pub async fn sandbox_stats(&self, rec: &SandboxRecord) -> Result<cri::PodSandboxStats> {
         let at = super::now();
+        let members: Vec<ContainerRecord> = self
+            .records
+            .containers()?
+            .into_iter()
+            .filter(|c| c.sandbox_id == rec.id && self.services.task(NAMESPACE, &c.id).is_ok())
+            .collect();
+        let (pause, counted) = futures::join!(
+            self.services.task_stats(NAMESPACE, &rec.id),
+            stream::iter(members)
+                .map(|c| async move { self.container_stats_counted(&c).await })
+                .buffered(PARALLEL_STATS)
+                .collect::<Vec<_>>()
+        );
         let mut containers = Vec::new();
         let mut processes = 0u64;
-        for c in self.records.containers()? {
-            if c.sandbox_id == rec.id && self.services.task(NAMESPACE, &c.id).is_ok() {
-                if let Ok((s, n)) = self.container_stats_counted(&c).await {
-                    containers.push(s);
-                    processes += n.unwrap_or(0);
-                }
-            }
+        for (s, n) in counted.into_iter().flatten() {
+            containers.push(s);
+            processes += n.unwrap_or(0);
         }
         let (mut cpu_total, mut ws_total, mut use_total, mut rss_total) = (0u64, 0, 0, 0);
-        if let Ok(stats) = self.services.task_stats(NAMESPACE, &rec.id).await {
+        if let Ok(stats) = pause {
             let (cpu, mem) = usage(&stats, at);
             cpu_total += get(&cpu.usage_core_nano_seconds);
             ws_total += get(&mem.working_set_bytes);
@@ -251,13 +278,30 @@ impl Cri {
         filter: Option<cri::PodSandboxStatsFilter>,
     ) -> Result<Vec<cri::PodSandboxStats>> {
         let f = filter.unwrap_or_default();
+        let wanted: Vec<SandboxRecord> = self
+            .records
+            .sandboxes()?
+            .into_iter()
+            .filter(|rec| {
+                rec.id.starts_with(&f.id)
+                    && super::selector_matches(&f.label_selector, &rec.config.labels)
+            })
+            .collect();
+        let all: Vec<_> = stream::iter(wanted)
+            .map(|rec| async move {
+                if self.sandbox_ready(&rec).await {
+                    self.sandbox_stats(&rec).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
+            .buffered(PARALLEL_STATS)
+            .collect()
+            .await;
         let mut out = Vec::new();
-        for rec in self.records.sandboxes()? {
-            if rec.id.starts_with(&f.id)
-                && super::selector_matches(&f.label_selector, &rec.config.labels)
-                && self.sandbox_ready(&rec).await
-            {
-                out.push(self.sandbox_stats(&rec).await?);
+        for got in all {
+            if let Some(s) = got? {
+                out.push(s);
             }
         }
         Ok(out)
