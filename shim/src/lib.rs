@@ -4,6 +4,7 @@
 //! `unsafe` is denied everywhere but in `sys`, which wraps the few calls that need it.
 #![deny(unsafe_code)]
 
+pub mod cgroup;
 pub mod detach;
 pub mod error;
 pub mod io;
@@ -14,4 +15,5 @@ pub mod reaper;
 pub mod runc;
 pub mod server;
 pub mod service;
+pub mod stats;
 mod sys;

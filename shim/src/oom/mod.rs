@@ -2,7 +2,6 @@
 //! eventfd under cgroup v1, inotify on `memory.events` under v2) on the shim's runtime, rather
 //! than by a runtime `events` process per container.
 
-pub mod cgroup;
 mod v1;
 mod v2;
 
@@ -12,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use cgroup::{CgroupError, MemoryCgroup};
+use crate::cgroup::{CgroupError, MemoryCgroup};
 
 /// What one look at the kernel's notification found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,14 +142,11 @@ impl OomMonitor {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watches the memory cgroup of `pid` (the container's init, once created), calling
+    /// Watches the memory cgroup `cgroup` (the container's init's, once created), calling
     /// `on_oom` for each OOM. Must be called on the tokio runtime.
-    pub fn start(&self, pid: u32, on_oom: impl Fn() + Send + Sync + 'static) {
-        let source = cgroup::memory_cgroup(pid).and_then(|cgroup| {
-            tracing::debug!(cgroup = ?cgroup, "watching for OOM kills");
-            Source::open(&cgroup)
-        });
-        match source {
+    pub fn start(&self, cgroup: &MemoryCgroup, on_oom: impl Fn() + Send + Sync + 'static) {
+        tracing::debug!(cgroup = ?cgroup, "watching for OOM kills");
+        match Source::open(cgroup) {
             Ok(source) => {
                 let watcher = Watcher::spawn(source, Box::new(on_oom));
                 // The one replaced, if any, stops as it is dropped.

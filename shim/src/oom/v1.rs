@@ -11,8 +11,8 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::io::Errno;
 use tokio::io::unix::AsyncFd;
 
-use super::cgroup::CgroupError;
 use super::Outcome;
+use crate::cgroup::CgroupError;
 use crate::sys::async_fd;
 
 pub struct OomControl {

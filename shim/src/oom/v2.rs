@@ -10,8 +10,8 @@ use rustix::fs::inotify;
 use rustix::io::Errno;
 use tokio::io::unix::AsyncFd;
 
-use super::cgroup::CgroupError;
 use super::Outcome;
+use crate::cgroup::CgroupError;
 use crate::sys::async_fd;
 
 /// The counts of `memory.events` that tell of OOMs.

@@ -11,6 +11,7 @@ use super::{signal_number, Context, Process};
 use crate::error::{Error, Result};
 use crate::io::{ProcessIo, ResizeError};
 use crate::runc::Runc;
+use crate::stats::CgroupStats;
 
 /// What Create asks for.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +45,11 @@ pub(super) struct Slot {
     pub(super) init: Option<Arc<Process>>,
     pub(super) creating: bool,
     pub(super) execs: HashMap<String, Arc<Process>>,
+    /// Where the container's statistics are read from, found at Create; `None`: the runtime
+    /// is asked.
+    pub(super) cgroup_stats: Option<Arc<CgroupStats>>,
+    /// Reading them has failed once already (it is logged once, as a warning).
+    pub(super) stats_failed: bool,
 }
 
 impl Container {

@@ -10,12 +10,14 @@ use super::container::{read_pid, CreateSpec};
 use super::exit::Exit;
 use super::state::Status;
 use super::{Container, Event, Process};
+use crate::cgroup::Cgroups;
 use crate::error::{Error, Result};
 use crate::io::console::ConsoleSocket;
 use crate::io::log::{CriLog, LogFile};
 use crate::io::output::Output;
 use crate::io::ProcessIo;
 use crate::runc::{ChildStdio, Runc, RuncError};
+use crate::stats::{CgroupStats, StatsError};
 
 /// How long the runtime may take to pass a terminal on once it has returned.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,15 +44,33 @@ impl Container {
             slot.creating = true;
         }
         let created = self.run_create(&spec).await;
+        // The container's cgroups, found once for the OOM watch and the statistics alike: its
+        // init's, now that the runtime has put it in them and before the program runs (and,
+        // if it is a systemd, moves itself into a child cgroup).
+        let cgroups = created.as_ref().ok().and_then(|(_, init)| {
+            Cgroups::of_pid(init.pid())
+                .map_err(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "container cgroups not found: no OOM kill reports, statistics from \
+                         the runtime"
+                    )
+                })
+                .ok()
+        });
         let mut slot = self.slot();
         slot.creating = false;
         let (runc, init) = created?;
         let pid = init.pid();
         slot.runc = Some(runc);
         slot.init = Some(init);
+        slot.cgroup_stats = cgroups.as_ref().map(|c| Arc::new(CgroupStats::new(c)));
         drop(slot);
         // Watching from before the program starts: an OOM kill right at its start counts too.
-        self.watch_oom(pid);
+        if let Some(cgroups) = &cgroups {
+            tracing::debug!(cgroups = ?cgroups, "container cgroups");
+            self.watch_oom(cgroups);
+        }
         Ok(pid)
     }
 
@@ -304,9 +324,29 @@ impl Container {
         Ok(())
     }
 
+    /// runc's `events --stats` document, read from the cgroup files; from the runtime itself
+    /// when they cannot be read.
     pub async fn stats(&self) -> Result<Vec<u8>> {
         let (runc, init) = self.init()?;
         self.check_alive(&init)?;
+        let cgroup_stats = self.slot().cgroup_stats.clone();
+        if let Some(cgroup_stats) = cgroup_stats {
+            match cgroup_stats.document(&self.ctx.id) {
+                Ok(document) => return Ok(document),
+                // Gone: the container is on its way out, and the runtime will say so.
+                Err(e @ StatsError::Nothing) => {
+                    tracing::debug!(error = %e, "asking the runtime for statistics")
+                }
+                Err(e) => {
+                    let first = !std::mem::replace(&mut self.slot().stats_failed, true);
+                    if first {
+                        tracing::warn!(error = %e, "asking the runtime for statistics");
+                    } else {
+                        tracing::debug!(error = %e, "asking the runtime for statistics");
+                    }
+                }
+            }
+        }
         Ok(runc.stats(&self.ctx.id).await?)
     }
 
@@ -322,9 +362,16 @@ impl Container {
         }
     }
 
-    fn watch_oom(&self, pid: u32) {
+    fn watch_oom(&self, cgroups: &Cgroups) {
+        let memory = match cgroups.memory() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "OOM kills will not be reported");
+                return;
+            }
+        };
         let events = self.ctx.events.clone();
-        self.ctx.oom.start(pid, move || {
+        self.ctx.oom.start(&memory, move || {
             let _ = events.send(Event::Oom {
                 at: chrono::Utc::now(),
             });
