@@ -195,6 +195,9 @@ pub struct CriEnv {
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
     pub net: TestNet,
+    /// Pods and containers made through [`CriEnv::run_pod`] and
+    /// [`CriEnv::start_container`]: their cgroups must go with them.
+    made: Vec<String>,
 }
 
 /// CRI clients on supd's socket, without any sup namespace header.
@@ -227,6 +230,7 @@ impl CriEnv {
             runtime,
             images,
             net,
+            made: Vec::new(),
         }
     }
 
@@ -263,7 +267,9 @@ impl CriEnv {
         .await
         .expect("RunPodSandbox in time")
         .unwrap_or_else(|s| panic!("RunPodSandbox: {:?}: {}", s.code(), s.message()));
-        resp.into_inner().pod_sandbox_id
+        let id = resp.into_inner().pod_sandbox_id;
+        self.made.push(id.clone());
+        id
     }
 
     /// Creates and starts a container; returns its id.
@@ -284,6 +290,7 @@ impl CriEnv {
             .unwrap_or_else(|s| panic!("CreateContainer: {:?}: {}", s.code(), s.message()))
             .into_inner()
             .container_id;
+        self.made.push(id.clone());
         self.runtime
             .start_container(cri::StartContainerRequest {
                 container_id: id.clone(),
@@ -411,6 +418,7 @@ impl CriEnv {
         out.extend(netns_files_under(&self.daemon.state()));
         out.extend(processes_under(self.daemon.dir()));
         out.extend(mounts_under(self.daemon.dir()));
+        out.extend(self.made.iter().flat_map(|id| sup_cgroups_of(id)));
         out.extend(
             self.net
                 .allocations()
@@ -419,6 +427,22 @@ impl CriEnv {
         );
         out
     }
+}
+
+/// The cgroups sup gives CRI object `id` when its pod names no parent
+/// (`/sup/k8s.io/<id>`), in whichever hierarchies hold one.
+pub fn sup_cgroups_of(id: &str) -> Vec<String> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        bases.extend(entries.flatten().map(|e| e.path()));
+    }
+    bases
+        .into_iter()
+        .map(|b| b.join("sup").join("k8s.io").join(id))
+        .filter(|p| p.is_dir())
+        .map(|p| format!("cgroup {}", p.display()))
+        .collect()
 }
 
 /// Every process as (pid, parent pid).
