@@ -227,6 +227,48 @@ async fn memory_limit_ends_in_oom_kill() {
     world.finish().await;
 }
 
+/// A child the OOM killer takes while the container goes on is counted in its metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kills_are_counted() {
+    let world = World::start().await;
+    let mut config =
+        sh("/bin/busybox dd if=/dev/zero of=/dev/null bs=64M count=1; exec /bin/busybox sleep 600");
+    config.resources = Some(api::Resources {
+        memory_limit: 16 * MIB,
+        ..Default::default()
+    });
+    world.prepare("survivor", config, false).await;
+    world.start_task("survivor", "").await;
+    let counted = eventually(Duration::from_secs(10), || async {
+        let all = world
+            .client
+            .tasks()
+            .metrics(api::MetricsRequest {
+                container_ids: vec!["survivor".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .metrics;
+        let kills = all
+            .first()
+            .and_then(|m| m.memory.clone())
+            .map_or(0, |m| m.oom_kills);
+        (kills == 1).then_some(()).ok_or(all)
+    })
+    .await;
+    assert!(counted.is_ok(), "no OOM kill counted: {counted:?}");
+    // The shell itself lives on.
+    let got = world.get("survivor", "").await;
+    assert_eq!(got.status, api::TaskStatus::Running as i32, "{got:?}");
+    world
+        .kill("survivor", "", nix::sys::signal::Signal::SIGKILL)
+        .await;
+    world.wait("survivor", "").await;
+    world.delete_task("survivor", false).await.unwrap();
+    world.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pids_limit_stops_forks() {
     let world = World::start().await;

@@ -73,6 +73,10 @@ pub struct Memory {
     /// memory.stat as it is (sorted by key, as Go writes a map).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub raw: BTreeMap<String, u64>,
+    /// Processes of the cgroup the OOM killer took (not in runc's document: memory.stat has
+    /// no such count; it is `oom_kill` of memory.oom_control on v1, of memory.events on v2).
+    #[serde(rename = "oomKills", skip_serializing_if = "zero")]
+    pub oom_kills: u64,
 }
 
 /// Bytes; an unlimited limit is `u64::MAX` (v2's "max") or the kernel's own huge number (v1).

@@ -139,8 +139,10 @@ fn throttling(dir: &Path, files: &mut Files) -> Result<Throttling, StatsError> {
 
 fn memory(dir: &Path, files: &mut Files) -> Result<Memory, StatsError> {
     let raw = files.keyed(dir, "memory.stat")?.unwrap_or_default();
+    let control = files.keyed(dir, "memory.oom_control")?.unwrap_or_default();
     Ok(Memory {
         cache: get(&raw, "cache"),
+        oom_kills: get(&control, "oom_kill"),
         raw,
         usage: memory_entry(dir, "memory", files)?,
         swap: memory_entry(dir, "memory.memsw", files)?,
@@ -229,6 +231,10 @@ mod tests {
                  inactive_file 1024\ntotal_cache 4096\ntotal_rss 8192\n\
                  total_inactive_file 1024\ntotal_pgfault 77\n",
             ),
+            (
+                "memory/memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
             ("memory/memory.usage_in_bytes", "16384\n"),
             ("memory/memory.max_usage_in_bytes", "20480\n"),
             ("memory/memory.failcnt", "1\n"),
@@ -286,6 +292,7 @@ mod tests {
         assert_eq!(at("/memory/usage/failcnt"), 1);
         assert_eq!(at("/memory/swap/limit"), 9223372036854771712u64);
         assert_eq!(at("/memory/cache"), 4096);
+        assert_eq!(at("/memory/oomKills"), 2);
         for (key, value) in [
             ("rss", 8192),
             ("cache", 4096),

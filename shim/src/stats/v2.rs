@@ -41,8 +41,10 @@ fn cpu(dir: &Path, files: &mut Files) -> Result<Cpu, StatsError> {
 
 fn memory(dir: &Path, files: &mut Files) -> Result<Memory, StatsError> {
     let raw = files.keyed(dir, "memory.stat")?.unwrap_or_default();
+    let events = files.keyed(dir, "memory.events")?.unwrap_or_default();
     let mut memory = Memory {
         cache: get(&raw, "file"),
+        oom_kills: get(&events, "oom_kill"),
         raw,
         ..Memory::default()
     };
@@ -151,7 +153,7 @@ mod tests {
             ("memory.peak", "32768\n"),
             ("memory.swap.current", "0\n"),
             ("memory.swap.max", "max\n"),
-            ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n"),
             ("pids.current", "4\n"),
             ("pids.max", "max\n"),
             (
@@ -194,6 +196,7 @@ mod tests {
             json!({"limit": u64::MAX, "usage": 16384, "failcnt": 0})
         );
         assert_eq!(at("/memory/cache"), 4096);
+        assert_eq!(at("/memory/oomKills"), 1);
         for (key, value) in [
             ("anon", 8192),
             ("file", 4096),

@@ -96,7 +96,8 @@ fn metrics_out(id: &str, stats: &serde_json::Value) -> api::TaskMetrics {
             max_usage: u(d, "/memory/usage/max"),
             rss: u(d, "/memory/raw/rss").max(u(d, "/memory/raw/anon")),
             cache: u(d, "/memory/raw/cache").max(u(d, "/memory/raw/file")),
-            oom_kills: u(d, "/memory/raw/oom_kill"),
+            // sup-shim's own count; runc's document has none.
+            oom_kills: u(d, "/memory/oomKills").max(u(d, "/memory/raw/oom_kill")),
         }),
         pids: Some(api::PidsStats {
             current: u(d, "/pids/current"),
