@@ -252,7 +252,7 @@ async fn oom_kills_are_counted() {
             .metrics;
         let kills = all
             .first()
-            .and_then(|m| m.memory.clone())
+            .and_then(|m| m.memory)
             .map_or(0, |m| m.oom_kills);
         (kills == 1).then_some(()).ok_or(all)
     })
