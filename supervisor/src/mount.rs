@@ -118,6 +118,55 @@ fn mount_points_under(target: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(points)
 }
 
+/// How mounts below a mount point propagate: its peer group (`shared:N`) and master
+/// (`master:N`) in /proc/self/mountinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagation {
+    pub shared: bool,
+    pub slave: bool,
+}
+
+/// The propagation of the mount that holds `path` (the deepest mount point above it; the
+/// last one mounted there when several are).
+pub fn propagation_of(path: &Path) -> io::Result<Propagation> {
+    let path = std::fs::canonicalize(path)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    propagation_in(&info, &path).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no mount holds {}", path.display()),
+        )
+    })
+}
+
+fn propagation_in(mountinfo: &str, path: &Path) -> Option<Propagation> {
+    let mut best: Option<(usize, Propagation)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4).map(|p| PathBuf::from(unescape(p))) else {
+            continue;
+        };
+        if !path.starts_with(&point) {
+            continue;
+        }
+        // Optional fields run from the seventh to the "-" separator.
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+        let mut prop = Propagation {
+            shared: false,
+            slave: false,
+        };
+        for f in optional {
+            prop.shared |= f.starts_with("shared:");
+            prop.slave |= f.starts_with("master:");
+        }
+        let depth = point.components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, prop));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
@@ -341,6 +390,24 @@ mod tests {
         fn drop(&mut self) {
             let _ = unmount_all(self.0);
         }
+    }
+
+    #[test]
+    fn propagation_from_mountinfo() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /mnt/shared rw shared:7 - tmpfs none rw
+31 22 0:41 / /mnt/slave rw master:7 - tmpfs none rw
+32 22 0:42 / /mnt/private rw - tmpfs none rw
+33 22 0:43 / /mnt/both\\040x rw shared:9 master:7 - tmpfs none rw
+";
+        let at = |p: &str| propagation_in(info, Path::new(p)).unwrap();
+        let p = |shared, slave| Propagation { shared, slave };
+        assert_eq!(at("/srv/data"), p(true, false));
+        assert_eq!(at("/mnt/shared/a/b"), p(true, false));
+        assert_eq!(at("/mnt/slave"), p(false, true));
+        assert_eq!(at("/mnt/private/x"), p(false, false));
+        assert_eq!(at("/mnt/both x/y"), p(true, true));
     }
 
     fn opts(list: &[&str]) -> Vec<String> {

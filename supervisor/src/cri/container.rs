@@ -93,6 +93,7 @@ impl Cri {
         pause_pid: u32,
     ) -> Result<()> {
         let config = &rec.config;
+        super::overrides::make_missing_sources(config)?;
         let overrides = overrides(config, sandbox, &self.sandbox_dir(&sandbox.id))?;
         let labels = [
             (LABEL_KIND.to_string(), "container".to_string()),
@@ -157,6 +158,9 @@ impl Cri {
         }
         if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&sandbox.config), &rec.id)? {
             cspec::set_cgroups_path(&mut spec, &path)?;
+        }
+        if let Some(p) = super::overrides::rootfs_propagation(config) {
+            spec["linux"]["rootfsPropagation"] = serde_json::json!(p);
         }
         add_groups(&mut spec, &sec.supplemental_groups)?;
         cspec::set_cpu_quota(&mut spec, res.cpu_quota, res.cpu_period)?;

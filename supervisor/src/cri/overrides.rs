@@ -56,6 +56,79 @@ pub fn add_groups(spec: &mut serde_json::Value, groups: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// The bind option for a mount's propagation. Mounts made on the host below the source reach
+/// the container only when the source's mount is shared or a slave; mounts made in the
+/// container reach the host only when it is shared: anything else is refused rather than
+/// silently private.
+fn propagation_option(m: &cri::Mount) -> Result<&'static str> {
+    use cri::MountPropagation as P;
+    let wanted = P::try_from(m.propagation).map_err(|_| {
+        Error::invalid(format!(
+            "mount {:?}: propagation {}: unknown",
+            crate::error::printable(&m.container_path),
+            m.propagation
+        ))
+    })?;
+    if wanted == P::PropagationPrivate {
+        return Ok("rprivate");
+    }
+    let found = crate::mount::propagation_of(Path::new(&m.host_path)).map_err(|e| {
+        Error::invalid(format!(
+            "mount {:?}: propagation of {:?}: {e}",
+            crate::error::printable(&m.container_path),
+            crate::error::printable(&m.host_path)
+        ))
+    })?;
+    let refuse = |need: &str| {
+        Error::precondition(format!(
+            "mount {:?}: {:?} is not on a {need} mount, which {} propagation needs",
+            crate::error::printable(&m.container_path),
+            crate::error::printable(&m.host_path),
+            wanted.as_str_name()
+        ))
+    };
+    match wanted {
+        P::PropagationBidirectional if found.shared => Ok("rshared"),
+        P::PropagationBidirectional => Err(refuse("shared")),
+        _ if found.shared || found.slave => Ok("rslave"),
+        _ => Err(refuse("shared or slave")),
+    }
+}
+
+/// The root's propagation a container's mounts need: shared for a bidirectional mount, a
+/// slave for one that receives the host's, None (the runtime's private) otherwise.
+pub fn rootfs_propagation(config: &cri::ContainerConfig) -> Option<&'static str> {
+    use cri::MountPropagation as P;
+    let has = |p: P| config.mounts.iter().any(|m| m.propagation == p as i32);
+    if has(P::PropagationBidirectional) {
+        Some("rshared")
+    } else if has(P::PropagationHostToContainer) {
+        Some("rslave")
+    } else {
+        None
+    }
+}
+
+/// Host paths of bind mounts that do not exist yet are made as directories, as other CRI
+/// runtimes do for the kubelet (a hostPath volume of no type names a directory).
+pub fn make_missing_sources(config: &cri::ContainerConfig) -> Result<()> {
+    for m in &config.mounts {
+        let path = Path::new(&m.host_path);
+        if !path.is_absolute() {
+            return Err(Error::invalid(format!(
+                "mount {:?}: host path {:?} is not absolute",
+                crate::error::printable(&m.container_path),
+                crate::error::printable(&m.host_path)
+            )));
+        }
+        if std::fs::symlink_metadata(path).is_err() {
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Generator overrides for a CRI container config in a sandbox.
 pub fn overrides(
     config: &cri::ContainerConfig,
@@ -69,14 +142,16 @@ pub fn overrides(
     let mut mounts: Vec<MountSpec> = config
         .mounts
         .iter()
-        .map(|m| MountSpec {
-            source: m.host_path.clone(),
-            destination: m.container_path.clone(),
-            kind: "bind".into(),
-            readonly: m.readonly,
-            options: Vec::new(),
+        .map(|m| {
+            Ok(MountSpec {
+                source: m.host_path.clone(),
+                destination: m.container_path.clone(),
+                kind: "bind".into(),
+                readonly: m.readonly,
+                options: vec![propagation_option(m)?.to_string()],
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let resolv = sandbox_dir.join("resolv.conf");
     if resolv.exists() && !mounts.iter().any(|m| m.destination == "/etc/resolv.conf") {
         mounts.push(MountSpec {
