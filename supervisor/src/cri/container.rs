@@ -243,14 +243,19 @@ impl Cri {
     /// task deleted. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         let id = self.resolve_container(id)?;
-        if self.services.task(NAMESPACE, &id).is_err() {
-            return Ok(());
-        }
-        let st = match self.services.process_status(NAMESPACE, &id, "").await {
-            Ok(st) => st,
-            // Deleted meanwhile (the exit collector): stopped already.
-            Err(_) if !self.services.task_exists(NAMESPACE, &id) => return Ok(()),
-            Err(e) => return Err(e),
+        let st = {
+            // The exit collector may be deleting the task (and its shim) right now: its
+            // status is asked once that is over, not of a shim on its way out.
+            let lock = self.task_lock(&id);
+            let _deleting = lock.lock().await;
+            if self.services.task(NAMESPACE, &id).is_err() {
+                return Ok(());
+            }
+            match self.services.process_status(NAMESPACE, &id, "").await {
+                Ok(st) => st,
+                Err(_) if !self.services.task_exists(NAMESPACE, &id) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         };
         if st.status == api::TaskStatus::Running || st.status == api::TaskStatus::Paused {
             let mut stopped = false;
