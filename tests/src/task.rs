@@ -225,6 +225,22 @@ impl World {
     }
 
     /// Tasks.Wait, bounded by [`EXIT_TIMEOUT`].
+    /// The metrics of task `id` (exactly one).
+    pub async fn metrics(&self, id: &str) -> api::TaskMetrics {
+        let all = self
+            .client
+            .tasks()
+            .metrics(api::MetricsRequest {
+                container_ids: vec![id.to_string()],
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Tasks.Metrics {id}: {:?}: {}", s.code(), s.message()))
+            .into_inner()
+            .metrics;
+        assert_eq!(all.len(), 1, "metrics of {id}: {all:?}");
+        all.into_iter().next().expect("one")
+    }
+
     pub async fn wait(&self, id: &str, exec_id: &str) -> api::WaitResponse {
         let req = api::WaitRequest {
             container_id: id.to_string(),

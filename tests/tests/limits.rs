@@ -124,20 +124,7 @@ async fn metrics_of_a_busy_container() {
     });
     world.prepare("spinner", config, false).await;
     world.start_task("spinner", "").await;
-    let sample = || async {
-        let all = world
-            .client
-            .tasks()
-            .metrics(api::MetricsRequest {
-                container_ids: vec!["spinner".into()],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .metrics;
-        assert_eq!(all.len(), 1, "{all:?}");
-        all.into_iter().next().unwrap()
-    };
+    let sample = || world.metrics("spinner");
     let first = eventually(Duration::from_secs(10), || async {
         let m = sample().await;
         let cpu = m.cpu.unwrap_or_default().usage_total;
@@ -240,21 +227,9 @@ async fn oom_kills_are_counted() {
     world.prepare("survivor", config, false).await;
     world.start_task("survivor", "").await;
     let counted = eventually(Duration::from_secs(10), || async {
-        let all = world
-            .client
-            .tasks()
-            .metrics(api::MetricsRequest {
-                container_ids: vec!["survivor".into()],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .metrics;
-        let kills = all
-            .first()
-            .and_then(|m| m.memory)
-            .map_or(0, |m| m.oom_kills);
-        (kills == 1).then_some(()).ok_or(all)
+        let m = world.metrics("survivor").await;
+        let kills = m.memory.map_or(0, |m| m.oom_kills);
+        (kills == 1).then_some(()).ok_or(m)
     })
     .await;
     assert!(counted.is_ok(), "no OOM kill counted: {counted:?}");
