@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use k8s_cri::v1::{
     image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
 };
@@ -19,6 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::error::{Error, Result};
 use crate::service::Services;
 
+pub mod authority;
 pub mod containers;
 pub mod content;
 pub mod convert;
@@ -141,7 +143,10 @@ pub async fn serve_with(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map_ok(authority::AuthorityFilter::new),
+            shutdown,
+        )
         .await
         .map_err(|e| Error::internal(format!("gRPC server: {e}")))
 }
