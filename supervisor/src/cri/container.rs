@@ -386,17 +386,9 @@ impl Cri {
         } else if rec.started_at != 0 || rec.exit_code.is_some() {
             state = cri::ContainerState::ContainerExited;
         }
-        let mounts = rec
-            .config
-            .mounts
-            .iter()
-            .map(|m| cri::Mount {
-                container_path: m.container_path.clone(),
-                host_path: m.host_path.clone(),
-                readonly: m.readonly,
-                ..Default::default()
-            })
-            .collect();
+        // The mounts as they were asked for and made (propagation included: the kubelet
+        // checks it against the pod's spec).
+        let mounts = rec.config.mounts.clone();
         cri::ContainerStatus {
             id: rec.id.clone(),
             metadata: rec.config.metadata.clone(),

@@ -183,6 +183,10 @@ pub fn overrides(
         hostname: sandbox.config.hostname.clone(),
         mounts,
         readonly_rootfs: sec.readonly_rootfs,
+        // As the kubelet sends them: the runtime defaults for procMount Default, none for
+        // Unmasked.
+        masked_paths: Some(sec.masked_paths.clone()),
+        readonly_paths: Some(sec.readonly_paths.clone()),
         memory_limit: res.memory_limit_in_bytes,
         cpu_shares: u64::try_from(res.cpu_shares).unwrap_or(0),
         cap_add: caps.add_capabilities.clone(),

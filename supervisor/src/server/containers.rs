@@ -71,6 +71,8 @@ pub fn overrides_in(c: api::ContainerConfig) -> Overrides {
             })
             .collect(),
         readonly_rootfs: c.readonly_rootfs,
+        masked_paths: None,
+        readonly_paths: None,
         memory_limit: r.memory_limit,
         cpus: r.cpus,
         cpu_shares: r.cpu_shares,

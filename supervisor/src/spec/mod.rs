@@ -51,6 +51,11 @@ pub struct Overrides {
     pub hostname: String,
     pub mounts: Vec<MountSpec>,
     pub readonly_rootfs: bool,
+    /// Paths hidden from the container; the defaults when `None` (and none when privileged).
+    pub masked_paths: Option<Vec<String>>,
+    /// Paths made read-only in the container; the defaults when `None` (and none when
+    /// privileged).
+    pub readonly_paths: Option<Vec<String>>,
     /// Bytes; 0 for none.
     pub memory_limit: i64,
     /// A fraction of CPUs; 0 for no quota.
@@ -171,12 +176,18 @@ pub fn generate(
         .set_uid_mappings(None)
         .set_gid_mappings(None)
         .set_devices(None);
+    let masked = security::guarded_paths(o.masked_paths.as_deref(), &MASKED_PATHS, "masked_paths")?;
+    let readonly = security::guarded_paths(
+        o.readonly_paths.as_deref(),
+        &READONLY_PATHS,
+        "readonly_paths",
+    )?;
     if o.privileged {
         linux.set_masked_paths(None).set_readonly_paths(None);
     } else {
         linux
-            .set_masked_paths(Some(MASKED_PATHS.map(String::from).to_vec()))
-            .set_readonly_paths(Some(READONLY_PATHS.map(String::from).to_vec()));
+            .set_masked_paths((!masked.is_empty()).then_some(masked))
+            .set_readonly_paths((!readonly.is_empty()).then_some(readonly));
     }
 
     let mut spec = Spec::default();

@@ -105,6 +105,37 @@ const DEFAULT_NOFILE: u64 = 1_048_576;
 
 /// The default open-files limit, capped by the daemon's own hard limit: a host (or a
 /// sandbox around supd) may forbid raising it, and runc would then fail to start anything.
+/// Most paths one list of masked or read-only paths may hold.
+const MAX_PATHS: usize = 256;
+
+/// `paths` for a spec's maskedPaths or readonlyPaths (`field`): absolute, without NUL, and
+/// not so many or so long that they are anything but a mistake or an attack. `None` gives
+/// `defaults`.
+pub fn guarded_paths(
+    paths: Option<&[String]>,
+    defaults: &[&str],
+    field: &str,
+) -> Result<Vec<String>> {
+    let Some(paths) = paths else {
+        return Ok(defaults.iter().map(|p| p.to_string()).collect());
+    };
+    if paths.len() > MAX_PATHS {
+        return Err(Error::invalid(format!(
+            "{field}: {} paths, more than {MAX_PATHS}",
+            paths.len()
+        )));
+    }
+    for p in paths {
+        if !p.starts_with('/') || p.contains('\0') || p.len() > 4096 {
+            return Err(Error::invalid(format!(
+                "{field}: {:?} is not an absolute path",
+                crate::error::printable(p)
+            )));
+        }
+    }
+    Ok(paths.to_vec())
+}
+
 fn default_nofile() -> u64 {
     let own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     own.maximum

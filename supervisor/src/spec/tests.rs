@@ -602,3 +602,42 @@ fn bad_overrides() {
 fn cgroup_paths() {
     assert_eq!(cgroup_path("k8s.io", "abc"), "/sup/k8s.io/abc");
 }
+
+#[test]
+fn masked_and_readonly_paths_as_asked() {
+    let root = rootfs();
+    let o = Overrides {
+        masked_paths: Some(v(&["/bin/ls", "/proc/kcore"])),
+        readonly_paths: Some(v(&["/tmp"])),
+        ..Default::default()
+    };
+    let spec = generate("default", "m", IMAGE, root.path(), &o).unwrap();
+    let l = linux(&spec);
+    assert_eq!(
+        l.masked_paths().as_deref(),
+        Some(&v(&["/bin/ls", "/proc/kcore"])[..])
+    );
+    assert_eq!(l.readonly_paths().as_deref(), Some(&v(&["/tmp"])[..]));
+
+    // Empty lists (procMount: Unmasked) hide nothing.
+    let o = Overrides {
+        masked_paths: Some(Vec::new()),
+        readonly_paths: Some(Vec::new()),
+        ..Default::default()
+    };
+    let spec = generate("default", "m", IMAGE, root.path(), &o).unwrap();
+    let l = linux(&spec);
+    assert!(l.masked_paths().is_none() && l.readonly_paths().is_none());
+
+    for bad in ["tmp", "/a\0b"] {
+        let o = Overrides {
+            readonly_paths: Some(v(&[bad])),
+            ..Default::default()
+        };
+        let r = generate("default", "m", IMAGE, root.path(), &o);
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{bad:?}: {r:?}"
+        );
+    }
+}
