@@ -1,5 +1,6 @@
 //! Where the binaries under test are: `SUP_BIN_DIR`, or the target directory this test or
-//! bench executable was built into (`target/<profile>/deps/x` -> `target/<profile>/`).
+//! bench executable was built into (`target/<profile>/deps/x` -> `target/<profile>/`); and the
+//! CRI tools they are checked with.
 
 use std::path::PathBuf;
 
@@ -38,4 +39,22 @@ pub fn supd() -> PathBuf {
 /// Path of the supctl binary.
 pub fn supctl() -> PathBuf {
     binary("supctl")
+}
+
+/// Path of crictl: `SUP_CRICTL`, or cri-tools' build in `../shared/cri-tools/` beside the
+/// checkout. Missing, it fails the test that needs it: CI has it, and a CRI test that skips
+/// itself proves nothing.
+pub fn crictl() -> PathBuf {
+    let path = std::env::var_os("SUP_CRICTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl")
+        });
+    assert!(
+        path.is_file(),
+        "crictl not found at {}: put cri-tools v1.26.1 in ../shared/cri-tools/ beside the \
+         checkout or point SUP_CRICTL at a crictl binary",
+        path.display()
+    );
+    path
 }

@@ -272,6 +272,12 @@ impl CriEnv {
         id
     }
 
+    /// Records a pod or container that another client (crictl) made, so that
+    /// [`CriEnv::leftovers`] looks for its cgroups too.
+    pub fn track(&mut self, id: &str) {
+        self.made.push(id.to_string());
+    }
+
     /// Creates and starts a container; returns its id.
     pub async fn start_container(
         &mut self,
