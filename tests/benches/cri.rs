@@ -109,6 +109,78 @@ fn bare_baselines(runs: usize, calls: usize) -> (Vec<Duration>, Vec<Duration>, V
     (starts, execs, stats)
 }
 
+/// The reads a kubelet repeats for every pod, `calls` times each, with `pods` running.
+async fn polling_reads(
+    env: &mut CriEnv,
+    pods: &[String],
+    calls: usize,
+) -> Vec<(&'static str, Vec<Duration>)> {
+    let containers = env
+        .runtime
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    let container = containers.first().expect("a container").id.clone();
+    let image = containers[0].image_ref.clone();
+    let pod = pods[0].clone();
+    let mut out = Vec::new();
+    macro_rules! timed_calls {
+        ($what:expr, $call:expr) => {{
+            let mut samples = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let started = Instant::now();
+                $call.await.expect($what);
+                samples.push(started.elapsed());
+            }
+            out.push(($what, samples));
+        }};
+    }
+    let rt = env.runtime.clone();
+    let im = env.images.clone();
+    timed_calls!(
+        "ContainerStatus",
+        rt.clone().container_status(cri::ContainerStatusRequest {
+            container_id: container.clone(),
+            verbose: false,
+        })
+    );
+    timed_calls!(
+        "PodSandboxStatus",
+        rt.clone().pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+    );
+    timed_calls!(
+        "ListContainers, 10 pods",
+        rt.clone()
+            .list_containers(cri::ListContainersRequest { filter: None })
+    );
+    timed_calls!(
+        "ListPodSandbox, 10 pods",
+        rt.clone()
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+    );
+    timed_calls!(
+        "ImageStatus",
+        im.clone().image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+    );
+    timed_calls!(
+        "ListImages",
+        im.clone()
+            .list_images(cri::ListImagesRequest { filter: None })
+    );
+    out
+}
+
 fn row(what: &str, samples: &[Duration], baseline: Option<&[Duration]>) {
     let med = median(samples.to_vec());
     match baseline {
@@ -192,6 +264,7 @@ fn main() {
             pod_stats.push(started.elapsed());
             assert_eq!(n, pods.len());
         }
+        let reads = polling_reads(&mut env, &pods, count("SUP_BENCH_READS", 300)).await;
         for pod in &pods {
             env.remove_pod(pod).await;
         }
@@ -216,6 +289,9 @@ fn main() {
         row("ExecSync (busybox true)", &exec, Some(&bare_execs));
         row("ContainerStats", &stats, Some(&bare_stats));
         row("ListPodSandboxStats, 10 pods", &pod_stats, None);
+        for (what, samples) in &reads {
+            row(what, samples, None);
+        }
         println!("baselines: 2x `runc run -d`; `runc exec`; `runc events --stats`");
         let (h, n) = (median(host), median(cni));
         if !h.is_zero() {

@@ -19,8 +19,8 @@ pub const UNKNOWN_EXIT_CODE: i32 = 255;
 
 impl Cri {
     pub fn resolve_container(&self, id: &str) -> Result<String> {
-        let all = self.records.containers()?;
-        resolve(all.iter().map(|c| c.id.as_str()), id, "container")
+        let all = self.records.container_ids()?;
+        resolve(all.iter().map(String::as_str), id, "container")
     }
 
     pub async fn create_container(
@@ -353,7 +353,36 @@ impl Cri {
         let _updating = self.record_updates.lock().await;
         self.records.delete_container(&id).await?;
         self.drop_task_lock(&id);
+        self.forget_resources(&id);
         Ok(())
+    }
+
+    fn forget_resources(&self, id: &str) {
+        self.resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// The container's resources from its spec; None when its sup container is gone.
+    fn resources_of_container(&self, id: &str) -> Option<cri::LinuxContainerResources> {
+        if !self.services.container_exists(NAMESPACE, id) {
+            return None;
+        }
+        if let Some(r) = self
+            .resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Some(r.clone());
+        }
+        let r = resources_of(&self.services.container_get(NAMESPACE, id).ok()?.spec);
+        self.resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), r.clone());
+        Some(r)
     }
 
     pub async fn container_status(&self, rec: &ContainerRecord) -> cri::ContainerStatus {
@@ -363,8 +392,8 @@ impl Cri {
             rec.finished_at,
             rec.reason.clone(),
         );
-        let stored = self.services.container_get(NAMESPACE, &rec.id).ok();
-        if stored.is_none() {
+        let resources = self.resources_of_container(&rec.id);
+        if resources.is_none() {
             state = cri::ContainerState::ContainerUnknown;
         } else if self.services.task(NAMESPACE, &rec.id).is_ok() {
             match self.services.process_status(NAMESPACE, &rec.id, "").await {
@@ -417,8 +446,8 @@ impl Cri {
             annotations: rec.config.annotations.clone(),
             mounts,
             log_path: rec.log_path.clone(),
-            resources: stored.map(|c| cri::ContainerResources {
-                linux: Some(resources_of(&c.spec)),
+            resources: resources.map(|r| cri::ContainerResources {
+                linux: Some(r),
                 windows: None,
             }),
             ..Default::default()
@@ -487,9 +516,13 @@ impl Cri {
                 }
             }
         }
-        self.services
+        self.forget_resources(&id);
+        let updated = self
+            .services
             .container_update(NAMESPACE, c, &["spec".to_string()])
-            .await?;
+            .await;
+        self.forget_resources(&id);
+        updated?;
         if self.services.task(NAMESPACE, &id).is_ok() {
             self.services.task_update(NAMESPACE, &id, &res).await?;
         }

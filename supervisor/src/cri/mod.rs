@@ -51,6 +51,9 @@ pub struct Cri {
     /// The last CPU sample (time, cumulative usage in ns) per container or pod, from which
     /// the next stats call derives its usage in nano-cores.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Each container's resources as its spec gives them, for ContainerStatus: read from the
+    /// spec once, forgotten when they are updated or the container removed.
+    resources: Mutex<HashMap<String, k8s_cri::v1::LinuxContainerResources>>,
 }
 
 impl Cri {
@@ -65,6 +68,7 @@ impl Cri {
             lifecycle: tokio::sync::Mutex::new(()),
             record_updates: tokio::sync::Mutex::new(()),
             task_locks: Mutex::new(HashMap::new()),
+            resources: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -2,7 +2,9 @@
 //! containers and tasks underneath live in namespace `k8s.io`; these records add what only
 //! the CRI knows (the pod's config, its pinned namespaces and IP, log paths, exit details).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_cri::v1 as cri;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -86,53 +88,119 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, prefix: &str) -> Result<Vec<T>> {
         .collect())
 }
 
-/// Reads and writes the records; every write is flushed before it returns.
+/// Reads and writes the records; every write is flushed before it returns. Reads come from
+/// a copy in memory, loaded on first use and changed with every write: the kubelet reads
+/// every record many times a minute, and decoding them each time was most of a List call.
 #[derive(Clone)]
 pub struct Records {
     store: Store,
+    cache: Arc<Mutex<Option<Cached>>>,
+}
+
+#[derive(Default)]
+struct Cached {
+    sandboxes: BTreeMap<String, SandboxRecord>,
+    containers: BTreeMap<String, ContainerRecord>,
 }
 
 impl Records {
     pub fn new(store: Store) -> Records {
-        Records { store }
+        Records {
+            store,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The records in memory, read from the store if this is the first use.
+    fn cached(&self) -> Result<MutexGuard<'_, Option<Cached>>> {
+        let mut guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let sandboxes: Vec<SandboxRecord> = all(&self.store.cri, "sandbox")?;
+            let containers: Vec<ContainerRecord> = all(&self.store.cri, "container")?;
+            *guard = Some(Cached {
+                sandboxes: sandboxes.into_iter().map(|r| (r.id.clone(), r)).collect(),
+                containers: containers.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            });
+        }
+        Ok(guard)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Cached) -> T) -> Result<T> {
+        let mut guard = self.cached()?;
+        match guard.as_mut() {
+            Some(c) => Ok(f(c)),
+            None => Err(Error::internal("CRI records not loaded")),
+        }
     }
 
     pub fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
-        store::get(&self.store.cri, &sandbox_key(id))?.ok_or_else(|| {
+        self.with(|c| c.sandboxes.get(id).cloned())?.ok_or_else(|| {
             Error::not_found(format!("pod sandbox {:?}", crate::error::printable(id)))
         })
     }
 
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
-        all(&self.store.cri, "sandbox")
+        self.with(|c| c.sandboxes.values().cloned().collect())
+    }
+
+    pub fn sandbox_ids(&self) -> Result<Vec<String>> {
+        self.with(|c| c.sandboxes.keys().cloned().collect())
     }
 
     pub async fn put_sandbox(&self, r: &SandboxRecord) -> Result<()> {
-        put(&self.store.cri, &sandbox_key(&r.id), r)?;
+        {
+            let mut guard = self.cached()?;
+            put(&self.store.cri, &sandbox_key(&r.id), r)?;
+            if let Some(c) = guard.as_mut() {
+                c.sandboxes.insert(r.id.clone(), r.clone());
+            }
+        }
         self.store.flush().await
     }
 
     pub async fn delete_sandbox(&self, id: &str) -> Result<()> {
-        self.store.cri.remove(sandbox_key(id))?;
+        {
+            let mut guard = self.cached()?;
+            self.store.cri.remove(sandbox_key(id))?;
+            if let Some(c) = guard.as_mut() {
+                c.sandboxes.remove(id);
+            }
+        }
         self.store.flush().await
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
-        store::get(&self.store.cri, &container_key(id))?
+        self.with(|c| c.containers.get(id).cloned())?
             .ok_or_else(|| Error::not_found(format!("container {:?}", crate::error::printable(id))))
     }
 
     pub fn containers(&self) -> Result<Vec<ContainerRecord>> {
-        all(&self.store.cri, "container")
+        self.with(|c| c.containers.values().cloned().collect())
+    }
+
+    pub fn container_ids(&self) -> Result<Vec<String>> {
+        self.with(|c| c.containers.keys().cloned().collect())
     }
 
     pub async fn put_container(&self, r: &ContainerRecord) -> Result<()> {
-        put(&self.store.cri, &container_key(&r.id), r)?;
+        {
+            let mut guard = self.cached()?;
+            put(&self.store.cri, &container_key(&r.id), r)?;
+            if let Some(c) = guard.as_mut() {
+                c.containers.insert(r.id.clone(), r.clone());
+            }
+        }
         self.store.flush().await
     }
 
     pub async fn delete_container(&self, id: &str) -> Result<()> {
-        self.store.cri.remove(container_key(id))?;
+        {
+            let mut guard = self.cached()?;
+            self.store.cri.remove(container_key(id))?;
+            if let Some(c) = guard.as_mut() {
+                c.containers.remove(id);
+            }
+        }
         self.store.flush().await
     }
 }

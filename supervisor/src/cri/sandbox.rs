@@ -73,8 +73,8 @@ fn pod_ref(rec: &SandboxRecord) -> network::PodRef {
 
 impl Cri {
     pub fn resolve_sandbox(&self, id: &str) -> Result<String> {
-        let all = self.records.sandboxes()?;
-        resolve(all.iter().map(|s| s.id.as_str()), id, "pod sandbox")
+        let all = self.records.sandbox_ids()?;
+        resolve(all.iter().map(String::as_str), id, "pod sandbox")
     }
 
     pub async fn run_sandbox(

@@ -122,6 +122,16 @@ impl Services {
         Ok(Container::from_record(id.to_string(), rec))
     }
 
+    /// Whether container `id` exists in `ns`, without reading its record.
+    pub fn container_exists(&self, ns: &str, id: &str) -> bool {
+        validate_id("container", id).is_ok()
+            && self
+                .store
+                .containers
+                .contains_key(Self::container_key(ns, id))
+                .unwrap_or(false)
+    }
+
     pub fn container_list(&self, ns: &str, filters: &[String]) -> Result<Vec<Container>> {
         let filter = Filter::parse(filters)?;
         Ok(

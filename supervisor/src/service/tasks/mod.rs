@@ -51,11 +51,57 @@ pub struct Task {
     /// event forwarder before it publishes an exit: a process that exits at once must not be
     /// reported exited before it is reported started.
     pub event_order: tokio::sync::Mutex<()>,
+    /// The init process's status as the daemon last learnt it, so that the status reads the
+    /// kubelet repeats need no call to the shim.
+    pub init: std::sync::Mutex<InitState>,
+}
+
+/// What the daemon knows of a task's init process: learnt from the calls it made (create,
+/// start, pause, resume) and from the shim's exit events, and asked of the shim whenever its
+/// event stream is (re)opened. An exit is final: nothing learnt after it replaces it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InitState {
+    /// None: not known, ask the shim.
+    pub status: Option<api::TaskStatus>,
+    pub exit_status: u32,
+    pub exited_at: Option<SystemTime>,
 }
 
 impl Task {
     fn rootfs(&self) -> PathBuf {
         self.dir.join("bundle/rootfs")
+    }
+
+    fn init_state(&self) -> InitState {
+        *self.init.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `status` (None: forget) unless the init has already exited.
+    fn learn(&self, status: Option<api::TaskStatus>) {
+        let mut init = self.init.lock().unwrap_or_else(|p| p.into_inner());
+        if init.status != Some(api::TaskStatus::Stopped) {
+            init.status = status;
+        }
+    }
+
+    fn learn_exit(&self, exit_status: u32, exited_at: Option<SystemTime>) {
+        let mut init = self.init.lock().unwrap_or_else(|p| p.into_inner());
+        *init = InitState {
+            status: Some(api::TaskStatus::Stopped),
+            exit_status,
+            exited_at,
+        };
+    }
+
+    /// Records what the shim answered to a State call for the init.
+    fn learn_state(&self, st: &sp::StateResponse) {
+        match api::TaskStatus::try_from(st.status) {
+            Ok(api::TaskStatus::Stopped) => self.learn_exit(st.exit_status, ts(st.exited_at)),
+            Ok(api::TaskStatus::Unknown) | Ok(api::TaskStatus::Pausing) | Err(_) => {
+                self.learn(None)
+            }
+            Ok(s) => self.learn(Some(s)),
+        }
     }
 
     pub fn client(&self) -> Shim {
@@ -316,6 +362,10 @@ impl Services {
             oom: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             event_order: tokio::sync::Mutex::new(()),
+            init: std::sync::Mutex::new(InitState {
+                status: Some(api::TaskStatus::Created),
+                ..Default::default()
+            }),
         }))
     }
 
@@ -328,13 +378,31 @@ impl Services {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
                     tracing::warn!(namespace = %task.ns, id = %task.id, error = %e, "cannot follow shim events");
+                    task.learn(None);
                     return;
                 }
             };
+            // Anything that happens from here on comes as an event; what happened before is
+            // in the state. Asked in event order, so that no start, pause or resume learnt
+            // meanwhile is overwritten by an older answer.
+            let order = task.event_order.lock().await;
+            match client
+                .state(sp::StateRequest {
+                    exec_id: String::new(),
+                })
+                .await
+            {
+                Ok(st) => task.learn_state(&st.into_inner()),
+                Err(_) => task.learn(None),
+            }
+            drop(order);
             while let Ok(Some(ev)) = stream.message().await {
                 match ev.event {
                     Some(sp::shim_event::Event::Exit(x)) => {
                         let _order = task.event_order.lock().await;
+                        if x.exec_id.is_empty() {
+                            task.learn_exit(x.exit_status, ts(x.exited_at));
+                        }
                         let reason = if x.exec_id.is_empty()
                             && task.oom.load(Ordering::Relaxed)
                             && x.exit_status == 137
@@ -374,7 +442,9 @@ impl Services {
                     None => {}
                 }
             }
-            // The stream ended: a delete in progress, or a shim that died.
+            // The stream ended: a delete in progress, or a shim that died. Until it is
+            // followed again, only the shim knows.
+            task.learn(None);
             if task.closing.load(Ordering::Relaxed) {
                 return;
             }
@@ -466,6 +536,25 @@ impl Services {
 
     pub async fn process_status(&self, ns: &str, id: &str, exec_id: &str) -> Result<ProcessStatus> {
         let task = self.task(ns, id)?;
+        let known = task.init_state();
+        if let (true, Some(status)) = (exec_id.is_empty(), known.status) {
+            let oom = status == api::TaskStatus::Stopped
+                && known.exit_status == 137
+                && task.oom.load(Ordering::Relaxed);
+            return Ok(ProcessStatus {
+                exec_id: String::new(),
+                pid: task.pid,
+                status,
+                terminal: task.terminal,
+                exit_status: known.exit_status,
+                exited_at: known.exited_at,
+                reason: if oom {
+                    "OOMKilled".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
         let st = task
             .client()
             .state(sp::StateRequest {
@@ -507,6 +596,9 @@ impl Services {
             .map_err(|s| from_status(&format!("starting task {id:?}"), s))?
             .into_inner()
             .pid;
+        if exec_id.is_empty() {
+            task.learn(Some(api::TaskStatus::Running));
+        }
         let t = if exec_id.is_empty() {
             topic::TASK_START
         } else {
@@ -680,11 +772,19 @@ impl Services {
     pub async fn task_pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
         let task = self.task(ns, id)?;
         let mut c = task.client();
+        let _order = task.event_order.lock().await;
+        // Between the call and its answer the state is the shim's to tell.
+        task.learn(None);
         let r = if pause {
             c.pause(()).await
         } else {
             c.resume(()).await
         };
+        match &r {
+            Ok(_) if pause => task.learn(Some(api::TaskStatus::Paused)),
+            Ok(_) => task.learn(Some(api::TaskStatus::Running)),
+            Err(_) => {}
+        }
         r.map_err(|s| from_status(&format!("task {id:?}"), s))?;
         let t = if pause {
             topic::TASK_PAUSED

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::events::{topic, Payload};
 use crate::service::Services;
 
-use super::{shim, Slot, Task, TaskRecord};
+use super::{shim, InitState, Slot, Task, TaskRecord};
 
 /// How long one shim may take to answer at start-up before it is taken for dead.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,6 +115,8 @@ impl Services {
             oom: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             event_order: tokio::sync::Mutex::new(()),
+            // Learnt when its events are followed, below.
+            init: std::sync::Mutex::new(InitState::default()),
         });
         if let Ok(mut t) = self.tasks.table.lock() {
             t.insert(
