@@ -13,6 +13,7 @@ pub mod chaos;
 pub mod cri;
 pub mod daemon;
 pub mod digest;
+pub mod h2raw;
 pub mod image;
 pub mod layer;
 pub mod model;

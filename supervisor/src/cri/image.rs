@@ -32,6 +32,9 @@ use super::pause::{NAMESPACE as NS, REPOSITORY as PAUSE_REPOSITORY};
 /// The CRI ImageService.
 pub struct CriImages {
     services: Arc<Services>,
+    /// Size and config user per image target digest. Both follow from content the digest
+    /// names, so an entry never goes stale; the kubelet asks for them over and over.
+    described: std::sync::Mutex<HashMap<String, (u64, String)>>,
 }
 
 /// Every name of one target.
@@ -42,7 +45,10 @@ struct Group {
 
 impl CriImages {
     pub fn new(services: Arc<Services>) -> CriImages {
-        CriImages { services }
+        CriImages {
+            services,
+            described: Default::default(),
+        }
     }
 
     fn groups(&self) -> Result<Vec<Group>> {
@@ -115,6 +121,34 @@ impl CriImages {
     }
 
     /// The CRI view of one target and its names.
+    fn size_and_user(&self, target: &Descriptor, names: &[Image]) -> (u64, String) {
+        let cache = || self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = cache().get(&target.digest) {
+            return known.clone();
+        }
+        let fallback = (u64::try_from(target.size).unwrap_or(0), String::new());
+        let Some(first) = names.first() else {
+            return fallback;
+        };
+        match self.services.image_inspect(NS, &first.name, None) {
+            Ok(ins) => {
+                let found = (
+                    u64::try_from(ins.size).unwrap_or(fallback.0),
+                    config_user(&ins.resolved.config_json),
+                );
+                let mut cache = cache();
+                // Bounded by the images that exist; dropped wholesale if that is ever huge.
+                if cache.len() > 4096 {
+                    cache.clear();
+                }
+                cache.insert(target.digest.clone(), found.clone());
+                found
+            }
+            // Not cached: content still arriving, or a transient read error.
+            Err(_) => fallback,
+        }
+    }
+
     fn describe(&self, target: &Descriptor, names: &[Image]) -> CriImage {
         let mut tags = Vec::new();
         let mut digests = Vec::new();
@@ -129,14 +163,7 @@ impl CriImages {
                 }
             }
         }
-        let mut size = u64::try_from(target.size).unwrap_or(0);
-        let mut user = String::new();
-        if let Some(first) = names.first() {
-            if let Ok(ins) = self.services.image_inspect(NS, &first.name, None) {
-                size = u64::try_from(ins.size).unwrap_or(size);
-                user = config_user(&ins.resolved.config_json);
-            }
-        }
+        let (size, user) = self.size_and_user(target, names);
         let (uid, username) = match user.split(':').next().unwrap_or_default() {
             "" => (None, String::new()),
             u => match u.parse::<i64>() {
