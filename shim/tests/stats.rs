@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -73,6 +73,27 @@ fn blkio(v: &Value, table: &str) -> Vec<((u64, u64, String), u64)> {
     entries
 }
 
+/// Waits until nothing in the container comes or goes: its init has become the `sleep` its
+/// script ends with, and the cgroup counts that one process alone. A start returns once the
+/// runtime has let its `runc init` go, not once that (several threads) has become the program
+/// and its threads are gone, which on a loaded machine is a while later; numbers read before
+/// then differ between two readers.
+async fn settle(f: &Fixture, init: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let comm = std::fs::read_to_string(format!("/proc/{init}/comm")).unwrap_or_default();
+        if comm.trim() == "sleep" && u(&runc_stats(f)["data"], "/pids/current") == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container did not settle: init is {comm:?}, {:#}",
+            runc_stats(f)["data"]["pids"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_same_document_as_runc() {
     // Some CPU time first, then nothing moves.
@@ -83,7 +104,8 @@ async fn the_same_document_as_runc() {
         c["linux"]["resources"]["pids"] = json!({"limit": 20});
     });
     let mut c = f.shim(&[]).await;
-    f.run(&mut c, false, false).await;
+    let init = f.run(&mut c, false, false).await;
+    settle(&f, init).await;
 
     let theirs = runc_stats(&f);
     let started = Instant::now();
@@ -175,7 +197,8 @@ async fn the_same_document_as_runc() {
 async fn no_limits_read_as_runc_reads_them() {
     let mut f = Fixture::new("stats-nolimit", &["sleep", "1000"], false);
     let mut c = f.shim(&[]).await;
-    f.run(&mut c, false, false).await;
+    let init = f.run(&mut c, false, false).await;
+    settle(&f, init).await;
     let theirs = runc_stats(&f);
     let ours = shim_stats(&mut c).await;
     let (d, r) = (&ours["data"], &theirs["data"]);
