@@ -21,7 +21,7 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 pub const SUPCTL_TIMEOUT: Duration = Duration::from_secs(120);
 /// supd's log filter unless SUP_LOG says otherwise: its own debug lines, not the transport's.
 const DEFAULT_LOG: &str =
-    "debug,sled=info,h2=info,loona_hpack=info,hyper=info,hyper_util=info,tower=info,tonic=info";
+    "debug,sled=info,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info";
 /// How much of the log is printed when a test fails.
 const LOG_TAIL: usize = 48 * 1024;
 

@@ -61,8 +61,8 @@ impl Answer {
 /// One HTTP/2 connection.
 pub struct Conn {
     sock: UnixStream,
-    encoder: loona_hpack::Encoder<'static>,
-    decoder: loona_hpack::Decoder<'static>,
+    encoder: httlib_hpack::Encoder<'static>,
+    decoder: httlib_hpack::Decoder<'static>,
     next_stream: u32,
     answers: HashMap<u32, Answer>,
     done: HashMap<u32, bool>,
@@ -87,8 +87,8 @@ impl Conn {
         sock.write_all(&hello)?;
         Ok(Conn {
             sock,
-            encoder: loona_hpack::Encoder::new(),
-            decoder: loona_hpack::Decoder::new(),
+            encoder: httlib_hpack::Encoder::default(),
+            decoder: httlib_hpack::Decoder::default(),
             next_stream: 1,
             answers: HashMap::new(),
             done: HashMap::new(),
@@ -121,7 +121,16 @@ impl Conn {
         for (n, v) in extra {
             headers.push((n.as_bytes(), v.as_bytes()));
         }
-        let block = self.encoder.encode(headers);
+        // As grpc-go and gRPC-core do: indexed where possible, values Huffman-coded.
+        let mut block = Vec::new();
+        let flags = httlib_hpack::Encoder::HUFFMAN_VALUE
+            | httlib_hpack::Encoder::WITH_INDEXING
+            | httlib_hpack::Encoder::BEST_FORMAT;
+        for (n, v) in headers {
+            self.encoder
+                .encode((n.to_vec(), v.to_vec(), flags), &mut block)
+                .map_err(|e| std::io::Error::other(format!("HPACK: {e:?}")))?;
+        }
         let mut body = vec![0];
         body.extend_from_slice(&(message.len() as u32).to_be_bytes());
         body.extend_from_slice(message);
@@ -196,14 +205,14 @@ impl Conn {
                 }
                 self.block.extend_from_slice(p);
                 if flags & END_HEADERS != 0 {
-                    let block = std::mem::take(&mut self.block);
-                    let decoded = self
-                        .decoder
-                        .decode(&block)
+                    let mut block = std::mem::take(&mut self.block);
+                    let mut decoded = Vec::new();
+                    self.decoder
+                        .decode(&mut block, &mut decoded)
                         .map_err(|e| std::io::Error::other(format!("HPACK: {e:?}")))?;
                     let s = self.block_stream;
                     let a = self.answers.entry(s).or_default();
-                    for (n, v) in decoded {
+                    for (n, v, _) in decoded {
                         a.headers.push((
                             String::from_utf8_lossy(&n).into_owned(),
                             String::from_utf8_lossy(&v).into_owned(),

@@ -34,9 +34,9 @@ const PRIORITY: u8 = 0x20;
 const MIN_MAX_FRAME: usize = 16 << 10;
 /// The HPACK table size the server has not changed from its default (hyper leaves it).
 const TABLE_SIZE: usize = 4096;
-/// Largest header block this layer holds while it is split over frames; hyper's own limit on
-/// decoded headers is far smaller.
-const MAX_BLOCK: usize = 1 << 20;
+/// Largest header block this layer takes, twice hyper's limit on a decoded header list (16
+/// KiB): a larger block is refused by hyper anyway.
+const MAX_BLOCK: usize = 32 << 10;
 const READ_CHUNK: usize = 16 << 10;
 
 /// A connection whose client-to-server header blocks carry only well-formed authorities.
@@ -48,9 +48,9 @@ pub struct AuthorityFilter<T> {
     out: BytesMut,
     state: State,
     block: Option<Block>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: httlib_hpack::Decoder<'static>,
     /// Set once a block has been rewritten: hyper's HPACK table then follows this encoder.
-    encoder: Option<loona_hpack::Encoder<'static>>,
+    encoder: Option<httlib_hpack::Encoder<'static>>,
     eof: bool,
 }
 
@@ -79,15 +79,13 @@ struct Block {
 
 impl<T> AuthorityFilter<T> {
     pub fn new(inner: T) -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
         AuthorityFilter {
             inner,
             raw: BytesMut::with_capacity(READ_CHUNK),
             out: BytesMut::new(),
             state: State::Preface(PREFACE.len()),
             block: None,
-            decoder,
+            decoder: httlib_hpack::Decoder::with_dynamic_size(TABLE_SIZE as u32),
             encoder: None,
             eof: false,
         }
@@ -152,7 +150,7 @@ impl<T> AuthorityFilter<T> {
                         continue;
                     }
                     if len > MAX_BLOCK {
-                        return Err(protocol("a header block larger than 1 MiB"));
+                        return Err(protocol("a header block larger than 32 KiB"));
                     }
                     if self.raw.len() < FRAME_HEADER + len {
                         self.raw.reserve(FRAME_HEADER + len - self.raw.len());
@@ -212,7 +210,7 @@ impl<T> AuthorityFilter<T> {
                     return Err(protocol("a header block interrupted by another frame"));
                 }
                 if block.frames.len() + frame.len() > MAX_BLOCK {
-                    return Err(protocol("a header block larger than 1 MiB"));
+                    return Err(protocol("a header block larger than 32 KiB"));
                 }
                 block.fragment.extend_from_slice(payload);
                 block.frames.extend_from_slice(frame);
@@ -226,17 +224,18 @@ impl<T> AuthorityFilter<T> {
         Ok(())
     }
 
-    fn finish(&mut self, block: Block) -> io::Result<()> {
-        let decoded = match self.decoder.decode(&block.fragment) {
+    fn finish(&mut self, mut block: Block) -> io::Result<()> {
+        let fragment_len = block.fragment.len();
+        let decoded = match decode(&mut self.decoder, std::mem::take(&mut block.fragment)) {
             Ok(headers) => headers,
             Err(e) if self.encoder.is_none() => {
                 // hyper decodes the same bytes and answers the client's error itself.
-                tracing::debug!(error = ?e, "undecodable header block passed through");
+                tracing::debug!(error = %e, "undecodable header block passed through");
                 self.out.extend_from_slice(&block.frames);
                 self.state = State::Transparent;
                 return Ok(());
             }
-            Err(e) => return Err(protocol(&format!("header block: {e:?}"))),
+            Err(e) => return Err(protocol(&e)),
         };
         let malformed = |(name, value): &(Vec<u8>, Vec<u8>)| {
             name == b":authority" && http::uri::Authority::try_from(&value[..]).is_err()
@@ -245,25 +244,35 @@ impl<T> AuthorityFilter<T> {
             self.out.extend_from_slice(&block.frames);
             return Ok(());
         }
-        let mut encoded = Vec::with_capacity(block.fragment.len() + 8);
+        let mut encoded = Vec::with_capacity(fragment_len + 8);
         let encoder = match self.encoder.as_mut() {
             Some(encoder) => encoder,
             None => {
                 // hyper's table holds what the client's blocks put there so far: empty it, then
                 // give it back its size, and let a fresh encoder fill it from now on.
-                for size in [0, TABLE_SIZE] {
-                    loona_hpack::encoder::encode_integer_into(size, 5, 0x20, &mut encoded)?;
+                let encoder = self
+                    .encoder
+                    .insert(httlib_hpack::Encoder::with_dynamic_size(TABLE_SIZE as u32));
+                for size in [0, TABLE_SIZE as u32] {
+                    encoder
+                        .update_max_dynamic_size(size, &mut encoded)
+                        .map_err(|e| protocol(&format!("HPACK: {e:?}")))?;
                 }
-                self.encoder.insert(loona_hpack::Encoder::new())
+                encoder
             }
         };
-        encoder.encode_into(
-            decoded
-                .iter()
-                .filter(|h| !malformed(h))
-                .map(|(n, v)| (&n[..], &v[..])),
-            &mut encoded,
-        )?;
+        for (name, value) in decoded.into_iter().filter(|h| !malformed(h)) {
+            encoder
+                .encode(
+                    (
+                        name,
+                        value,
+                        httlib_hpack::Encoder::WITH_INDEXING | httlib_hpack::Encoder::BEST_FORMAT,
+                    ),
+                    &mut encoded,
+                )
+                .map_err(|e| protocol(&format!("HPACK: {e:?}")))?;
+        }
         self.write_block(&block, &encoded);
         Ok(())
     }
@@ -302,6 +311,21 @@ impl<T> AuthorityFilter<T> {
             kind = CONTINUATION;
         }
     }
+}
+
+/// A header block's fields, (name, value) in order.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The fields of one header block.
+fn decode(
+    decoder: &mut httlib_hpack::Decoder<'static>,
+    mut block: Vec<u8>,
+) -> Result<Fields, String> {
+    let mut fields = Vec::new();
+    decoder
+        .decode(&mut block, &mut fields)
+        .map_err(|e| format!("HPACK: {e:?}"))?;
+    Ok(fields.into_iter().map(|(n, v, _)| (n, v)).collect())
 }
 
 fn protocol(what: &str) -> io::Error {
@@ -416,8 +440,22 @@ mod tests {
         h
     }
 
-    fn encode(encoder: &mut loona_hpack::Encoder<'static>, headers: &Headers) -> Vec<u8> {
-        encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])))
+    fn encoder() -> httlib_hpack::Encoder<'static> {
+        httlib_hpack::Encoder::default()
+    }
+
+    /// As a client would: indexed where it can, Huffman-coded values.
+    fn encode(encoder: &mut httlib_hpack::Encoder<'static>, headers: &Headers) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in headers {
+            let flags = httlib_hpack::Encoder::HUFFMAN_VALUE
+                | httlib_hpack::Encoder::WITH_INDEXING
+                | httlib_hpack::Encoder::BEST_FORMAT;
+            encoder
+                .encode((n.clone(), v.clone(), flags), &mut out)
+                .unwrap();
+        }
+        out
     }
 
     async fn filter(input: &[u8]) -> Vec<u8> {
@@ -445,7 +483,7 @@ mod tests {
 
     /// Decodes the header blocks of `frames` as hyper would, in order.
     fn blocks(frames: &[(u8, u8, u32, Vec<u8>)]) -> Vec<(u32, u8, Headers)> {
-        let mut decoder = loona_hpack::Decoder::new();
+        let mut decoder = httlib_hpack::Decoder::default();
         let mut out = Vec::new();
         let mut fragment = Vec::new();
         let mut first_flags = 0;
@@ -470,7 +508,11 @@ mod tests {
             }
             assert!(payload.len() <= MIN_MAX_FRAME);
             if flags & END_HEADERS != 0 {
-                out.push((*stream, first_flags, decoder.decode(&fragment).unwrap()));
+                out.push((
+                    *stream,
+                    first_flags,
+                    decode(&mut decoder, fragment.clone()).unwrap(),
+                ));
                 fragment.clear();
             }
         }
@@ -484,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn well_formed_authorities_pass_byte_for_byte() {
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = encoder();
         let mut input = PREFACE.to_vec();
         input.extend(frame(0x4, 0, 0, &[]));
         for (i, a) in [
@@ -506,7 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_authorities_are_dropped_and_the_tables_stay_in_step() {
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = encoder();
         let requests = [
             request(Some("localhost"), "/a.A/One"),
             request(Some("/run/sup/sup.sock"), "/a.A/Two"),
@@ -543,12 +585,12 @@ mod tests {
 
     #[tokio::test]
     async fn padding_priority_and_continuations_are_read_and_large_blocks_split() {
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = encoder();
         let mut headers = request(Some("/run/sup/sup.sock"), "/a.A/Big");
-        headers.push((b"x-big".to_vec(), vec![b'v'; 40_000]));
+        headers.push((b"x-big".to_vec(), vec![b'v'; 20_000]));
         let block = encode(&mut enc, &headers);
         let (a, rest) = block.split_at(100);
-        let (b, c) = rest.split_at(20_000);
+        let (b, c) = rest.split_at(10_000);
         // HEADERS with 3 bytes of padding and a priority, then two CONTINUATIONs.
         let mut first = vec![3];
         first.extend_from_slice(&[0, 0, 0, 0, 15]);
@@ -565,7 +607,7 @@ mod tests {
             PRIORITY | END_STREAM
         );
         assert_eq!(&out[0].3[..5], &[0, 0, 0, 0, 15]);
-        assert!(out.len() >= 3, "a 40 kB block takes three frames");
+        assert!(out.len() >= 2, "a 20 kB block takes two frames");
         assert!(out[1..].iter().all(|f| f.0 == CONTINUATION && f.2 == 1));
         let got = blocks(&out);
         assert_eq!(got, vec![(1, out[0].1, without_authority(headers))]);
@@ -579,7 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_block_interrupted_by_another_frame_is_refused() {
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = encoder();
         let block = encode(&mut enc, &request(Some("localhost"), "/a.A/One"));
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, 0, 1, &block));
