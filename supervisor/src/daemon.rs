@@ -101,6 +101,7 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         tasks: Default::default(),
         gc_lock: Default::default(),
         registry: crate::registry::Registry::new(cfg.registry.clone()),
+        images_generation: Default::default(),
     })
 }
 

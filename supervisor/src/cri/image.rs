@@ -35,6 +35,8 @@ pub struct CriImages {
     /// Size and config user per image target digest. Both follow from content the digest
     /// names, so an entry never goes stale; the kubelet asks for them over and over.
     described: std::sync::Mutex<HashMap<String, (u64, String)>>,
+    /// The image groups as of an images generation (Services::images_generation).
+    grouped: std::sync::Mutex<Option<(u64, Arc<Vec<Group>>)>>,
 }
 
 /// Every name of one target.
@@ -48,10 +50,34 @@ impl CriImages {
         CriImages {
             services,
             described: Default::default(),
+            grouped: Default::default(),
         }
     }
 
-    fn groups(&self) -> Result<Vec<Group>> {
+    /// The images of the CRI namespace grouped by target, read again only after images
+    /// have been written.
+    fn groups(&self) -> Result<Arc<Vec<Group>>> {
+        use std::sync::atomic::Ordering;
+        // Read before the list, so that a write racing the read leaves a generation that
+        // does not match and the next call reads again.
+        let generation = self.services.images_generation.load(Ordering::SeqCst);
+        if let Some((g, groups)) = self
+            .grouped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if *g == generation {
+                return Ok(groups.clone());
+            }
+        }
+        let groups = Arc::new(self.read_groups()?);
+        *self.grouped.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((generation, groups.clone()));
+        Ok(groups)
+    }
+
+    fn read_groups(&self) -> Result<Vec<Group>> {
         let mut by_digest: BTreeMap<String, Group> = BTreeMap::new();
         for img in self.services.image_list(NS, &[])? {
             by_digest

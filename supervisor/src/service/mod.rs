@@ -33,9 +33,18 @@ pub struct Services {
     pub gc_lock: tokio::sync::RwLock<()>,
     /// Registry settings and HTTP clients, for pulls and pushes.
     pub registry: crate::registry::Registry,
+    /// Bumped by every write to the images tree, so that readers may keep what they derive
+    /// from the list (the CRI's image groups) until it changes.
+    pub images_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Services {
+    /// Called right after each write to the images tree.
+    pub(crate) fn images_written(&self) {
+        self.images_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The named snapshotter, or the default one for an empty name.
     pub fn snapshotter(&self, name: &str) -> Result<Arc<dyn Snapshotter>> {
         let name = if name.is_empty() {

@@ -303,6 +303,7 @@ impl Services {
                 }
             };
             self.store.images.insert(key, store::encode(&rec)?)?;
+            self.images_written();
             out.push(Image::from_record(n, rec));
         }
         self.store.flush_blocking()?;

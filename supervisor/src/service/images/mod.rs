@@ -345,6 +345,7 @@ impl Services {
             None as Option<&[u8]>,
             Some(store::encode(&rec)?),
         )?;
+        self.images_written();
         if swapped.is_err() {
             return Err(Error::already_exists(format!(
                 "image {name:?} in namespace {ns:?}"
@@ -384,6 +385,7 @@ impl Services {
         labels::validate(&rec.labels)?;
         rec.updated_at = SystemTime::now();
         self.store.images.insert(key, store::encode(&rec)?)?;
+        self.images_written();
         self.store.flush().await?;
         self.publish_image(ns, topic::IMAGE_UPDATE, &name, &rec);
         if old_target.digest != rec.target.digest {
@@ -398,6 +400,7 @@ impl Services {
         let rec: ImageRecord = store::get(&self.store.images, &key)?
             .ok_or_else(|| Error::not_found(format!("image {name:?} in namespace {ns:?}")))?;
         self.store.images.remove(&key)?;
+        self.images_written();
         self.store.flush().await?;
         self.publish_image(ns, topic::IMAGE_DELETE, &name, &rec);
         self.release(ns, &[rec.target]).await

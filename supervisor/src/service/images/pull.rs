@@ -496,6 +496,7 @@ impl Services {
             ),
         };
         self.store.images.insert(key, store::encode(&rec)?)?;
+        self.images_written();
         self.store.flush_blocking()?;
         self.publish_image(ns, event, name, &rec);
         Ok((Image::from_record(name.to_string(), rec), replaced))
