@@ -323,6 +323,88 @@ async fn memory_hog_is_reported_oom_killed() {
     assert_clean(&mut env).await;
 }
 
+/// Commands that end of themselves about when a stop comes, and one that only a stop ends.
+const RACERS: [&[&str]; 4] = [
+    &["/bin/busybox", "true"],
+    &["/bin/busybox", "sleep", "0.1"],
+    &["/bin/busybox", "sleep", "0.3"],
+    &["/bin/busybox", "sleep", "1000"],
+];
+
+async fn start_racers(
+    env: &mut CriEnv,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    round: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, argv) in RACERS.iter().enumerate() {
+        let cfg = container_config(&format!("racer-{round}-{i}"), argv);
+        ids.push(env.start_container(pod, pod_cfg, cfg).await);
+    }
+    ids
+}
+
+/// StopContainer, RemoveContainer and StopPodSandbox racing the exit collector (which deletes
+/// a task, and so its shim, as soon as its exit comes, whether of itself or of the stop's own
+/// SIGKILL) succeed every time, and each container ends up exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_racing_the_exit_collector_succeed() {
+    let mut env = CriEnv::start().await;
+    env.import_busybox().await;
+    let log_dir = env.log_dir("racing");
+    let pod_cfg = pod_config("racing", &log_dir, true);
+    let pod = env.run_pod(pod_cfg.clone()).await;
+    for round in 0..3 {
+        let ids = start_racers(&mut env, &pod, &pod_cfg, round).await;
+        // Two stops of each at once, as a kubelet retrying one that takes long.
+        let stops = ids.iter().flat_map(|id| {
+            [0, 1].map(|timeout| {
+                let mut rt = env.runtime.clone();
+                let id = id.clone();
+                async move {
+                    rt.stop_container(cri::StopContainerRequest {
+                        container_id: id.clone(),
+                        timeout,
+                    })
+                    .await
+                    .map_err(|s| format!("StopContainer {id} (timeout {timeout}): {s:?}"))
+                }
+            })
+        });
+        for r in futures::future::join_all(stops).await {
+            r.unwrap();
+        }
+        for id in &ids {
+            let st = env.container_status(id).await;
+            assert_eq!(
+                st.state,
+                cri::ContainerState::ContainerExited as i32,
+                "{st:?}"
+            );
+            assert_ne!(st.finished_at, 0, "{st:?}");
+        }
+        let removals = ids.iter().map(|id| {
+            let mut rt = env.runtime.clone();
+            let id = id.clone();
+            async move {
+                rt.remove_container(cri::RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .map_err(|s| format!("RemoveContainer {id}: {s:?}"))
+            }
+        });
+        for r in futures::future::join_all(removals).await {
+            r.unwrap();
+        }
+    }
+    // The pod's stop kills what still runs while the same exits are being collected.
+    start_racers(&mut env, &pod, &pod_cfg, 3).await;
+    env.remove_pod(&pod).await;
+    assert_clean(&mut env).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_survives_supd_restart() {
     let mut env = CriEnv::start().await;

@@ -211,7 +211,11 @@ impl Cri {
             .await?;
         let started_at = super::now();
         if let Err(e) = self.services.task_start(NAMESPACE, &id, "").await {
-            let _ = self.services.task_delete(NAMESPACE, &id, true).await;
+            {
+                let lock = self.task_lock(&id);
+                let _deleting = lock.lock().await;
+                let _ = self.services.task_delete(NAMESPACE, &id, true).await;
+            }
             let _ = self
                 .update_record(&id, |r| {
                     r.started_at = started_at;
@@ -243,41 +247,35 @@ impl Cri {
     /// task deleted. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         let id = self.resolve_container(id)?;
-        let st = {
-            // The exit collector may be deleting the task (and its shim) right now: its
-            // status is asked once that is over, not of a shim on its way out.
-            let lock = self.task_lock(&id);
-            let _deleting = lock.lock().await;
-            if self.services.task(NAMESPACE, &id).is_err() {
-                return Ok(());
-            }
-            match self.services.process_status(NAMESPACE, &id, "").await {
-                Ok(st) => st,
-                Err(_) if !self.services.task_exists(NAMESPACE, &id) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        };
-        if st.status == api::TaskStatus::Running || st.status == api::TaskStatus::Paused {
-            let mut stopped = false;
-            if timeout > 0 {
-                let _ = self.services.task_kill(NAMESPACE, &id, "", 15, false).await;
-                let wait = self.services.task_wait(NAMESPACE, &id, "");
-                let secs = u64::try_from(timeout).unwrap_or(0);
-                stopped = tokio::time::timeout(std::time::Duration::from_secs(secs), wait)
-                    .await
-                    .is_ok();
-            }
-            if !stopped {
-                let _ = self.services.task_kill(NAMESPACE, &id, "", 9, true).await;
-                if let Err(e) = self.services.task_wait(NAMESPACE, &id, "").await {
-                    // Collected and deleted meanwhile is stopped too.
-                    if self.services.task_exists(NAMESPACE, &id) {
-                        return Err(e);
-                    }
-                }
-            }
+        if timeout > 0 {
+            self.ask_to_stop(&id, timeout).await;
         }
+        // The SIGKILL, the wait for the exit and the delete happen in one go under the task
+        // lock, which the exit collector takes too: whichever comes second finds the task
+        // deleted (stopped already), and nothing is asked of a shim on its way out.
         self.collect_exit(&id).await
+    }
+
+    /// SIGTERM, then up to `timeout` seconds for the exit. Best effort: a task collected
+    /// meanwhile (its shim gone before it answered) needs nothing more, and whatever is left
+    /// running the stop kills.
+    async fn ask_to_stop(&self, id: &str, timeout: i64) {
+        let running = {
+            let lock = self.task_lock(id);
+            let _deleting = lock.lock().await;
+            matches!(
+                self.services.process_status(NAMESPACE, id, "").await,
+                Ok(st) if st.status == api::TaskStatus::Running
+                    || st.status == api::TaskStatus::Paused
+            )
+        };
+        if !running {
+            return;
+        }
+        let _ = self.services.task_kill(NAMESPACE, id, "", 15, false).await;
+        let secs = u64::try_from(timeout).unwrap_or(0);
+        let wait = self.services.task_wait(NAMESPACE, id, "");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), wait).await;
     }
 
     /// Records the exit of a container's task and deletes the task.
@@ -287,6 +285,8 @@ impl Cri {
         let deleted = match self.services.task_delete(NAMESPACE, id, true).await {
             Ok(d) => d,
             Err(e) if e.is_not_found() => return self.lost_exit(id).await,
+            // The shim died meanwhile and the daemon has cleaned up after it.
+            Err(_) if !self.services.task_exists(NAMESPACE, id) => return self.lost_exit(id).await,
             Err(e) => return Err(e),
         };
         self.update_record(id, |rec| {

@@ -57,8 +57,8 @@ pub struct Task {
 }
 
 /// What the daemon knows of a task's init process: learnt from the calls it made (create,
-/// start, pause, resume) and from the shim's exit events, and asked of the shim whenever its
-/// event stream is (re)opened. An exit is final: nothing learnt after it replaces it.
+/// start, pause, resume, wait) and from the shim's exit events, and asked of the shim whenever
+/// its event stream is (re)opened. An exit is final: nothing learnt after it replaces it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InitState {
     /// None: not known, ask the shim.
@@ -616,16 +616,12 @@ impl Services {
         let st = self.process_status(ns, id, "").await?;
         match st.status {
             api::TaskStatus::Stopped => {}
-            api::TaskStatus::Created => {
-                self.task_kill(ns, id, "", 9, true).await?;
-                self.task_wait(ns, id, "").await?;
-            }
+            api::TaskStatus::Created => self.kill_and_wait(ns, id).await?,
             _ if force => {
                 if st.status == api::TaskStatus::Paused {
                     let _ = client.resume(()).await;
                 }
-                self.task_kill(ns, id, "", 9, true).await?;
-                self.task_wait(ns, id, "").await?;
+                self.kill_and_wait(ns, id).await?;
             }
             _ => {
                 return Err(Error::precondition(format!(
@@ -666,6 +662,18 @@ impl Services {
         );
         let _ = task.rootfs();
         Ok(out)
+    }
+
+    /// SIGKILL to every process of the task, then its init's exit.
+    async fn kill_and_wait(&self, ns: &str, id: &str) -> Result<()> {
+        match self.task_kill(ns, id, "", 9, true).await {
+            Ok(()) => {}
+            // The status read before was older than the init's exit: there is nothing left
+            // to signal, and the wait returns that exit.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        self.task_wait(ns, id, "").await.map(drop)
     }
 
     pub async fn task_delete_process(
@@ -732,8 +740,13 @@ impl Services {
             .await
             .map_err(|s| from_status(&format!("waiting for task {id:?}"), s))?
             .into_inner();
-        if exec_id.is_empty() && w.exit_status == 137 && task.oom.load(Ordering::Relaxed) {
-            w.reason = "OOMKilled".into();
+        if exec_id.is_empty() {
+            // Known from now on, even before the exit event comes: a delete that follows reads
+            // the final status without asking the shim.
+            task.learn_exit(w.exit_status, ts(w.exited_at));
+            if w.exit_status == 137 && task.oom.load(Ordering::Relaxed) {
+                w.reason = "OOMKilled".into();
+            }
         }
         Ok(w)
     }
