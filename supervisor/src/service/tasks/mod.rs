@@ -478,7 +478,6 @@ impl Services {
                 created_at: SystemTime::now(),
             };
             this.clean_dead(&task.dir, &rec, "shim died").await;
-            this.slot_remove(&task.ns, &task.id);
         });
     }
 

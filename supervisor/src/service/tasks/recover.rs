@@ -158,6 +158,9 @@ impl Services {
             .unwrap_or(137);
         self.teardown(&rec.namespace, &rec.id, dir, &rec.socket, None)
             .await;
+        // Gone before its exit is told: whoever acts on the exit (the CRI's exit collector)
+        // finds no task to ask, rather than a task whose shim cannot answer.
+        self.slot_remove(&rec.namespace, &rec.id);
         self.events.publish(
             &rec.namespace,
             topic::TASK_EXIT,
