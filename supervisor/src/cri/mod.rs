@@ -48,9 +48,9 @@ pub struct Cri {
     /// One lock per container id, held while its task is deleted: a stop, a removal and the
     /// exit collector may all try at once, and the shim allows one delete at a time.
     task_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The last CPU sample (time, cumulative usage in ns) per container or pod, from which
-    /// the next stats call derives its usage in nano-cores.
-    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// The CPU sample per container or pod from which the next stats call derives its usage
+    /// in nano-cores.
+    cpu_samples: Mutex<HashMap<String, CpuSample>>,
     /// Each container's resources as its spec gives them, for ContainerStatus: read from the
     /// spec once, forgotten when they are updated or the container removed.
     resources: Mutex<HashMap<String, k8s_cri::v1::LinuxContainerResources>>,
@@ -97,12 +97,13 @@ impl Cri {
         }
     }
 
-    /// Records a CPU sample of `id` and returns the usage in nano-cores since the one before
-    /// (None for the first, or when the counter went backwards: a new cgroup).
+    /// Takes a CPU reading of `id` (time and cumulative usage, in ns) and returns its usage in
+    /// nano-cores (see [`next_rate`]).
     pub fn nano_cores(&self, id: &str, at: i64, usage_ns: u64) -> Option<u64> {
         let mut m = self.cpu_samples.lock().ok()?;
-        let prev = m.insert(id.to_string(), (at, usage_ns))?;
-        nano_cores_between(prev, (at, usage_ns))
+        let (rate, keep) = next_rate(m.get(id).copied(), at, usage_ns);
+        m.insert(id.to_string(), keep);
+        rate
     }
 
     /// A sandbox's own files: resolv.conf, the pinned network namespace.
@@ -119,6 +120,44 @@ pub fn new_id() -> crate::error::Result<String> {
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| crate::error::Error::io("reading /dev/urandom", e))?;
     Ok(hex::encode(buf))
+}
+
+/// The shortest span a CPU rate is measured over. Stats calls come close together (a pod's,
+/// which reads its containers too, then the containers' own): measured between them, the rate
+/// covers a few milliseconds, in which a busy container on a loaded node may not have run.
+pub const MIN_RATE_SPAN_NS: i64 = 1_000_000_000;
+
+/// What is kept per container or pod between stats calls: the reading the next rate is
+/// measured from, and the rate measured up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuSample {
+    pub at: i64,
+    pub usage_ns: u64,
+    pub rate: Option<u64>,
+}
+
+/// The rate to report for a reading (time, cumulative usage, in ns) and the sample to keep:
+/// measured from the kept sample once at least [`MIN_RATE_SPAN_NS`] has passed since it,
+/// which the reading then replaces; the kept sample's own rate before that. None for the
+/// first reading, and when the clock or the counter went backwards (a new cgroup: a pod's
+/// total drops when a container goes), which starts over.
+pub fn next_rate(kept: Option<CpuSample>, at: i64, usage_ns: u64) -> (Option<u64>, CpuSample) {
+    let fresh = CpuSample {
+        at,
+        usage_ns,
+        rate: None,
+    };
+    let Some(kept) = kept else {
+        return (None, fresh);
+    };
+    if at < kept.at || usage_ns < kept.usage_ns {
+        return (None, fresh);
+    }
+    if at - kept.at < MIN_RATE_SPAN_NS {
+        return (kept.rate, kept);
+    }
+    let rate = nano_cores_between((kept.at, kept.usage_ns), (at, usage_ns));
+    (rate, CpuSample { rate, ..fresh })
 }
 
 /// CPU used between two samples of (time in ns, cumulative CPU time in ns), in
@@ -166,6 +205,31 @@ mod tests {
         assert_eq!(nano_cores_between((5, 10), (5, 20)), None);
         assert_eq!(nano_cores_between((5, 10), (9, 2)), None);
         assert_eq!(nano_cores_between((9, 10), (5, 20)), None);
+    }
+
+    #[test]
+    fn rates_span_at_least_the_minimum() {
+        const S: i64 = 1_000_000_000;
+        let (rate, kept) = next_rate(None, 10 * S, 100);
+        assert_eq!(rate, None);
+        // Too soon after the first: no rate yet, and the first is kept.
+        let (rate, kept) = next_rate(Some(kept), 10 * S + 5_000_000, 200);
+        assert_eq!((rate, kept.at), (None, 10 * S));
+        // Two seconds at a quarter of a core.
+        let (rate, kept) = next_rate(Some(kept), 12 * S, 100 + 500_000_000);
+        assert_eq!(rate, Some(250_000_000));
+        assert_eq!(kept.at, 12 * S);
+        // A reading right after that (the container's own stats after its pod's): the same
+        // rate, not the few milliseconds between the two in which the container did not run.
+        let (rate, kept) = next_rate(Some(kept), 12 * S + 3_000_000, 100 + 500_000_000);
+        assert_eq!(rate, Some(250_000_000));
+        assert_eq!(kept.at, 12 * S);
+        // The counter went backwards (a pod lost a container): start over.
+        let (rate, kept) = next_rate(Some(kept), 14 * S, 50);
+        assert_eq!((rate, kept.at, kept.usage_ns), (None, 14 * S, 50));
+        // So does a clock set back.
+        let (rate, kept) = next_rate(Some(kept), 13 * S, 60);
+        assert_eq!((rate, kept.at), (None, 13 * S));
     }
 
     #[test]
