@@ -17,20 +17,8 @@ set -euo pipefail
 source "$(dirname "$0")/cri-env.sh"
 cd "$CRI_CHECKOUT"
 
-profile=${SUP_PROFILE:-release}
-case $profile in
-    debug) build=(cargo build --workspace --bins --quiet);;
-    release) build=(cargo build --workspace --bins --quiet --release);;
-    *) echo "$0: SUP_PROFILE must be release or debug" >&2; exit 2;;
-esac
-if [ "${SUP_NO_BUILD:-0}" != 1 ]; then
-    cri_log "building sup ($profile)"
-    "${build[@]}"
-fi
-bin=$CRI_CHECKOUT/target/$profile
-for b in supd sup-shim sup-pause; do
-    [ -x "$bin/$b" ] || { echo "$0: $bin/$b: not built" >&2; exit 1; }
-done
+cri_build_sup release
+bin=$CRI_BIN
 missing=()
 command -v containerd >/dev/null || missing+=(containerd)
 command -v jq >/dev/null || missing+=(jq)

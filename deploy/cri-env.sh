@@ -31,6 +31,27 @@ CRI_LEFTOVERS=()
 cri_log() { echo "== $*" >&2; }
 
 # cri_env_init NAME: the temp dir and the exit trap.
+# cri_build_sup DEFAULT_PROFILE: builds sup's binaries in $SUP_PROFILE (else the default;
+# skipped with SUP_NO_BUILD=1) and sets CRI_BIN to where they are.
+cri_build_sup() {
+    local profile=${SUP_PROFILE:-$1}
+    local build=(cargo build --workspace --bins --quiet)
+    case $profile in
+        debug) ;;
+        release) build+=(--release);;
+        *) echo "$0: SUP_PROFILE must be debug or release" >&2; exit 2;;
+    esac
+    if [ "${SUP_NO_BUILD:-0}" != 1 ]; then
+        cri_log "building sup ($profile)"
+        (cd "$CRI_CHECKOUT" && "${build[@]}")
+    fi
+    CRI_BIN=$CRI_CHECKOUT/target/$profile
+    local b
+    for b in supd sup-shim sup-pause; do
+        [ -x "$CRI_BIN/$b" ] || { echo "$0: $CRI_BIN/$b: not built" >&2; exit 1; }
+    done
+}
+
 cri_env_init() {
     if [ "$(id -u)" != 0 ]; then
         echo "$0: needs root (mounts, network namespaces, runc)" >&2

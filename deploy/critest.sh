@@ -31,20 +31,8 @@ allowed=(
 )
 
 deploy/install-deps.sh
-profile=${SUP_PROFILE:-debug}
-case $profile in
-    debug) build=(cargo build --workspace --bins --quiet);;
-    release) build=(cargo build --workspace --bins --quiet --release);;
-    *) echo "$0: SUP_PROFILE must be debug or release" >&2; exit 2;;
-esac
-if [ "${SUP_NO_BUILD:-0}" != 1 ]; then
-    cri_log "building sup ($profile)"
-    "${build[@]}"
-fi
-bin=$CRI_CHECKOUT/target/$profile
-for b in supd sup-shim sup-pause; do
-    [ -x "$bin/$b" ] || { echo "$0: $bin/$b: not built" >&2; exit 1; }
-done
+cri_build_sup debug
+bin=$CRI_BIN
 out=${CRITEST_OUT:-$CRI_CHECKOUT/target/critest}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
