@@ -102,6 +102,7 @@ pub fn open_services(cfg: &Config) -> Result<Services> {
         gc_lock: Default::default(),
         registry: crate::registry::Registry::new(cfg.registry.clone()),
         images_generation: Default::default(),
+        containers_generation: Default::default(),
     })
 }
 

@@ -361,27 +361,32 @@ impl Cri {
         self.resources
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .1
             .remove(id);
     }
 
     /// The container's resources from its spec; None when its sup container is gone.
     fn resources_of_container(&self, id: &str) -> Option<cri::LinuxContainerResources> {
+        use std::sync::atomic::Ordering;
         if !self.services.container_exists(NAMESPACE, id) {
             return None;
         }
-        if let Some(r) = self
-            .resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
+        // Read before the record, so that an update racing this read is seen by the next.
+        let generation = self.services.containers_generation.load(Ordering::SeqCst);
         {
-            return Some(r.clone());
+            let mut cache = self.resources.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.0 != generation {
+                *cache = (generation, std::collections::HashMap::new());
+            }
+            if let Some(r) = cache.1.get(id) {
+                return Some(r.clone());
+            }
         }
         let r = resources_of(&self.services.container_get(NAMESPACE, id).ok()?.spec);
-        self.resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), r.clone());
+        let mut cache = self.resources.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 == generation {
+            cache.1.insert(id.to_string(), r.clone());
+        }
         Some(r)
     }
 

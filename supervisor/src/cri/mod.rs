@@ -53,7 +53,9 @@ pub struct Cri {
     cpu_samples: Mutex<HashMap<String, CpuSample>>,
     /// Each container's resources as its spec gives them, for ContainerStatus: read from the
     /// spec once, forgotten when they are updated or the container removed.
-    resources: Mutex<HashMap<String, k8s_cri::v1::LinuxContainerResources>>,
+    /// Kept as of a containers generation (Services::containers_generation): any update of
+    /// a container record, through the CRI or sup.v1, starts it afresh.
+    resources: Mutex<(u64, HashMap<String, k8s_cri::v1::LinuxContainerResources>)>,
 }
 
 impl Cri {
@@ -68,7 +70,7 @@ impl Cri {
             lifecycle: tokio::sync::Mutex::new(()),
             record_updates: tokio::sync::Mutex::new(()),
             task_locks: Mutex::new(HashMap::new()),
-            resources: Mutex::new(HashMap::new()),
+            resources: Mutex::new((0, HashMap::new())),
             cpu_samples: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -366,6 +366,7 @@ impl Services {
         labels::validate(&rec.labels)?;
         rec.updated_at = SystemTime::now();
         self.store.containers.insert(&key, store::encode(&rec)?)?;
+        self.containers_written();
         self.store.flush().await?;
         self.events.publish(
             ns,
@@ -390,6 +391,7 @@ impl Services {
             )));
         }
         self.store.containers.remove(&key)?;
+        self.containers_written();
         self.store.flush().await?;
         if rec.owns_snapshot && !keep_snapshot {
             if let Ok(s) = self.snapshotter(&rec.snapshotter) {

@@ -36,9 +36,18 @@ pub struct Services {
     /// Bumped by every write to the images tree, so that readers may keep what they derive
     /// from the list (the CRI's image groups) until it changes.
     pub images_generation: std::sync::atomic::AtomicU64,
+    /// Bumped by every update or removal of a container record, for the same reason (the
+    /// CRI's resources read from each spec).
+    pub containers_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Services {
+    /// Called right after each update or removal of a container record.
+    pub(crate) fn containers_written(&self) {
+        self.containers_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Called right after each write to the images tree.
     pub(crate) fn images_written(&self) {
         self.images_generation
