@@ -234,6 +234,23 @@ impl CriEnv {
         }
     }
 
+    /// As [`CriEnv::start`], with supd pulling from `registry` over plain HTTP, as an
+    /// operator's hosts.toml would say; the returned directory holds that configuration.
+    pub async fn start_pulling_from(
+        registry: &crate::registry::Registry,
+    ) -> (CriEnv, tempfile::TempDir) {
+        let certs = tempfile::tempdir().expect("hosts dir");
+        let hosts = certs.path().join(registry.host());
+        std::fs::create_dir_all(&hosts).expect("hosts dir");
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!("server = \"http://{}\"\n", registry.host()),
+        )
+        .expect("hosts.toml");
+        let extra = format!("[registry]\nconfig_path = \"{}\"\n", certs.path().display());
+        (CriEnv::start_with(&extra).await, certs)
+    }
+
     /// Reconnects the CRI clients (after a restart of supd).
     pub async fn reconnect(&mut self) {
         let (runtime, images) = connect(&self.daemon).await;

@@ -11,17 +11,7 @@ use sup_tests::registry::{self, Registry};
 async fn pull_from_a_local_registry_then_run_it_in_a_pod() {
     ensure_cni_plugins();
     let reg = Registry::start();
-    // The registry speaks plain HTTP: the hosts configuration says so, as an operator would.
-    let certs = tempfile::tempdir().expect("hosts dir");
-    let hosts = certs.path().join(reg.host());
-    std::fs::create_dir_all(&hosts).expect("hosts dir");
-    std::fs::write(
-        hosts.join("hosts.toml"),
-        format!("server = \"http://{}\"\n", reg.host()),
-    )
-    .expect("hosts.toml");
-    let extra = format!("[registry]\nconfig_path = \"{}\"\n", certs.path().display());
-    let mut env = CriEnv::start_with(&extra).await;
+    let (mut env, _hosts) = CriEnv::start_pulling_from(&reg).await;
 
     // Put an image in the registry with sup's own push, from another namespace.
     let reference = format!("{}/library/busybox:cri", reg.host());

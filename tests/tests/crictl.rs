@@ -129,18 +129,9 @@ fn images_by_tag(crictl: &Crictl) -> Vec<(String, String)> {
 async fn crictl_runs_a_pod_from_a_pulled_image() {
     let crictl_bin = sup_tests::bins::crictl();
     let reg = Registry::start();
-    // The registry speaks plain HTTP: supd's hosts configuration says so, as an operator's
-    // would; crictl itself only names the image.
-    let certs = tempfile::tempdir().expect("hosts dir");
-    let hosts = certs.path().join(reg.host());
-    std::fs::create_dir_all(&hosts).expect("hosts dir");
-    std::fs::write(
-        hosts.join("hosts.toml"),
-        format!("server = \"http://{}\"\n", reg.host()),
-    )
-    .expect("hosts.toml");
-    let extra = format!("[registry]\nconfig_path = \"{}\"\n", certs.path().display());
-    let mut env = CriEnv::start_with(&extra).await;
+    // supd's hosts configuration sends the image's registry to plain HTTP; crictl itself
+    // only names the image.
+    let (mut env, _hosts) = CriEnv::start_pulling_from(&reg).await;
     let crictl = Crictl::new(crictl_bin, &env.daemon.socket(), env.daemon.dir());
 
     // The image is published with sup's own push, from another namespace than CRI's.

@@ -353,16 +353,7 @@ impl Cri {
         let _updating = self.record_updates.lock().await;
         self.records.delete_container(&id).await?;
         self.drop_task_lock(&id);
-        self.forget_resources(&id);
         Ok(())
-    }
-
-    fn forget_resources(&self, id: &str) {
-        self.resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .remove(id);
     }
 
     /// The container's resources from its spec; None when its sup container is gone.
@@ -521,13 +512,9 @@ impl Cri {
                 }
             }
         }
-        self.forget_resources(&id);
-        let updated = self
-            .services
+        self.services
             .container_update(NAMESPACE, c, &["spec".to_string()])
-            .await;
-        self.forget_resources(&id);
-        updated?;
+            .await?;
         if self.services.task(NAMESPACE, &id).is_ok() {
             self.services.task_update(NAMESPACE, &id, &res).await?;
         }
