@@ -2,11 +2,12 @@
 # Installs the Debian packages sup needs to build, run and test: the OCI runtime (runc), the
 # protobuf compiler (for the API's build), busybox-static (test and demo images), and the
 # tools the test suite uses (docker-registry, htpasswd and openssl for the registry tests;
-# the CNI plugins, and iptables for their portmap plugin, for the CRI tests and for pods).
+# the CNI plugins, and iptables for their portmap plugin, for the CRI tests and for pods;
+# tmux, the real terminal the CRI streaming tests run crictl exec -it in).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-packages=(runc protobuf-compiler libprotobuf-dev busybox-static iproute2 iptables tar gzip zstd python3 python3-venv docker-registry apache2-utils openssl containernetworking-plugins)
+packages=(runc protobuf-compiler libprotobuf-dev busybox-static iproute2 iptables tar gzip zstd python3 python3-venv docker-registry apache2-utils openssl containernetworking-plugins tmux)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

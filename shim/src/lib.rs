@@ -17,3 +17,4 @@ pub mod server;
 pub mod service;
 pub mod stats;
 mod sys;
+pub mod systemd;

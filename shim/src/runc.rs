@@ -72,12 +72,20 @@ pub struct Runc {
     root: PathBuf,
     log: PathBuf,
     cwd: PathBuf,
+    systemd_cgroup: bool,
     reaper: Arc<Reaper>,
 }
 
 impl Runc {
     /// `binary` is a name looked up in PATH or an absolute path; `task_dir` holds the log.
-    pub fn new(binary: &str, root: &Path, task_dir: &Path, reaper: Arc<Reaper>) -> Runc {
+    /// With `systemd_cgroup`, every command runs with the runtime's systemd cgroup driver.
+    pub fn new(
+        binary: &str,
+        root: &Path,
+        task_dir: &Path,
+        systemd_cgroup: bool,
+        reaper: Arc<Reaper>,
+    ) -> Runc {
         let name = Path::new(binary)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -88,6 +96,7 @@ impl Runc {
             root: root.to_path_buf(),
             log: task_dir.join("runc.log"),
             cwd: task_dir.to_path_buf(),
+            systemd_cgroup,
             reaper,
         }
     }
@@ -256,9 +265,11 @@ impl Runc {
             .arg("--log")
             .arg(&self.log)
             .arg("--log-format")
-            .arg("json")
-            .args(args)
-            .current_dir(&self.cwd);
+            .arg("json");
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args).current_dir(&self.cwd);
         cmd
     }
 

@@ -221,8 +221,17 @@ impl CriEnv {
 
     /// As [`CriEnv::start`], with more supd configuration (TOML tables) appended.
     pub async fn start_with(extra: &str) -> CriEnv {
+        CriEnv::start_with_cri("", extra).await
+    }
+
+    /// As [`CriEnv::start_with`], with `cri` (`key = value` lines) added to the `[cri]` table
+    /// the test network writes: TOML allows no second `[cri]` header in `extra`.
+    pub async fn start_with_cri(cri: &str, extra: &str) -> CriEnv {
         let net = TestNet::new();
-        let config = format!("{}\n[gc]\ninterval_seconds = 0\n{extra}", net.supd_config());
+        let config = format!(
+            "{}{cri}\n[gc]\ninterval_seconds = 0\n{extra}",
+            net.supd_config()
+        );
         let daemon = Daemon::start_with_config(Some(&config)).await;
         let (runtime, images) = connect(&daemon).await;
         CriEnv {

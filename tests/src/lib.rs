@@ -11,6 +11,7 @@ pub mod bins;
 pub mod busybox;
 pub mod chaos;
 pub mod cri;
+pub mod crictl;
 pub mod daemon;
 pub mod digest;
 pub mod h2raw;
@@ -60,4 +61,26 @@ macro_rules! per_snapshotter {
             )*
         }
     };
+}
+
+/// Adds `text` to the run's report (the file `SUP_TEST_REPORT` names, when set): what a test
+/// wants shown beyond pass or fail, such as the units systemd made.
+pub fn report(text: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("SUP_TEST_REPORT") else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{text}");
+    }
+}
+
+/// Whether the run must be on cgroup v2 (`SUP_TEST_CGROUP_VERSION=2`, as in the cgroup v2
+/// guest): a test that needs it then fails rather than skips when it is not there.
+pub fn v2_required() -> bool {
+    std::env::var("SUP_TEST_CGROUP_VERSION").is_ok_and(|v| v == "2")
 }

@@ -542,3 +542,321 @@ async fn log_rotation_with_reopen() {
     env.remove_pod(&pod).await;
     env.assert_clean().await;
 }
+
+/// Whether systemd runs this machine (PID 1): the systemd cgroup driver needs it.
+fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// `systemctl ARGS...`: its status and stdout.
+fn systemctl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("systemctl")
+        .args(args)
+        .output()
+        .expect("run systemctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Our units of `pattern` that systemd still knows, whatever their state.
+fn units(pattern: &str) -> Vec<String> {
+    let (_, out) = systemctl(&["list-units", "--all", "--plain", "--no-legend", pattern]);
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Stops the test's slice tree even when it fails halfway.
+struct Slice(String);
+
+impl Drop for Slice {
+    fn drop(&mut self) {
+        let _ = systemctl(&["stop", &self.0]);
+    }
+}
+
+/// The systemd cgroup driver (`[cri] systemd_cgroup = true`), as a kubelet with
+/// `cgroupDriver: systemd` drives it: the pod's slice made by the kubelet, the pause process
+/// and each container a scope in it that systemd made for the runtime; limits, stats
+/// (through crictl), OOM and updates on those cgroups; no unit left once the pod is gone.
+/// Needs systemd as PID 1 with cgroup v2: it runs in the cgroup v2 guest (deploy/test-v2.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_driver_puts_pods_in_slices_and_scopes() {
+    if !systemd_runs() || !unified() {
+        assert!(
+            !sup_tests::v2_required(),
+            "the cgroup v2 run needs systemd as PID 1"
+        );
+        eprintln!("skipped: needs systemd as PID 1 on cgroup v2 (deploy/test-v2.sh runs it)");
+        return;
+    }
+    let mut env = CriEnv::start_with_cri("systemd_cgroup = true", "").await;
+    let config = env
+        .runtime
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .expect("RuntimeConfig")
+        .into_inner();
+    assert_eq!(
+        config.linux.map(|l| l.cgroup_driver),
+        Some(cri::CgroupDriver::Systemd as i32)
+    );
+    env.import_busybox().await;
+
+    // The kubelet makes the pod's slice before it runs the pod (each dash a level).
+    let top = format!("suptest{}.slice", std::process::id());
+    let slice = format!("suptest{}-pod1.slice", std::process::id());
+    let _slice = Slice(top.clone());
+    let (started, _) = systemctl(&["start", &slice]);
+    assert!(started, "systemctl start {slice}");
+    let slice_dir = format!("/{top}/{slice}");
+
+    let log_dir = env.log_dir("sysd");
+    let mut pod_cfg = pod_config("sysd", &log_dir, false);
+    if let Some(l) = pod_cfg.linux.as_mut() {
+        l.cgroup_parent = slice.clone();
+    }
+    let pod = env.run_pod(pod_cfg.clone()).await;
+    let pause = task_pid(&env, &pod).await.expect("pause pid");
+    assert_eq!(
+        memory_cgroup_of(pause),
+        format!("{slice_dir}/sup-{pod}.scope")
+    );
+
+    // Half a CPU at most (the quota below), all of it spent.
+    let mut busy = container_config("busy", &["/bin/sh", "-c", "while :; do :; done"]);
+    busy.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = env.start_container(&pod, &pod_cfg, busy).await;
+    let pid = task_pid(&env, &c).await.expect("container pid");
+    let scope = format!("sup-{c}.scope");
+    let cgroup = format!("{slice_dir}/{scope}");
+    assert_eq!(memory_cgroup_of(pid), cgroup);
+    let (active, _) = systemctl(&["is-active", "--quiet", &scope]);
+    assert!(active, "{scope} is active");
+    let (_, shown) = systemctl(&["show", "-p", "Slice", "-p", "MemoryMax", &scope]);
+    assert!(shown.contains(&format!("Slice={slice}")), "{shown}");
+    assert!(
+        shown.contains(&format!("MemoryMax={}", 64 << 20)),
+        "{shown}"
+    );
+    let dir = PathBuf::from("/sys/fs/cgroup").join(cgroup.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert_eq!(read("memory.max").trim(), (64u64 << 20).to_string());
+    assert_eq!(read("cpu.max").trim(), "50000 100000");
+    let (_, status) = systemctl(&["status", "--no-pager", "--lines=0", &slice]);
+    sup_tests::report(&format!(
+        "systemd driver: pod {pod} running, `systemctl status {slice}`:\n{status}"
+    ));
+
+    // crictl stats reads the scope's counters: real CPU time, a CPU rate once two readings a
+    // second apart are there, and memory.
+    let crictl = sup_tests::crictl::Crictl::new(
+        sup_tests::bins::crictl(),
+        &env.daemon.socket(),
+        env.daemon.dir(),
+    );
+    let stats = wait_for(
+        "CPU and memory in crictl stats",
+        Duration::from_secs(30),
+        || {
+            let v = crictl.json("stats", &["--id", &c]);
+            async move {
+                let s = v["stats"].get(0)?.clone();
+                let cpu = s["cpu"]["usageCoreNanoSeconds"]["value"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())?;
+                let rate = s["cpu"]["usageNanoCores"]["value"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())?;
+                let mem = s["memory"]["workingSetBytes"]["value"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())?;
+                (cpu > 0 && rate > 0 && mem > 0).then_some((cpu, mem))
+            }
+        },
+    )
+    .await;
+    // (Its table starts by clearing the screen.)
+    let table = crictl
+        .ok(&["stats", "--id", &c])
+        .replace("\x1b[2J", "")
+        .replace("\x1b[H", "");
+    sup_tests::report(&format!(
+        "systemd driver: `crictl stats --id {c}` (CPU {} ns in all, working set {} bytes):\n{table}",
+        stats.0, stats.1
+    ));
+
+    // An update reaches the scope.
+    env.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: c.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 20_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    assert_eq!(read("memory.max").trim(), (96u64 << 20).to_string());
+    assert_eq!(read("cpu.max").trim(), "20000 100000");
+
+    // An OOM kill in a scope is seen as one.
+    let mut hog = container_config(
+        "hog",
+        &[
+            "/bin/busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=64M",
+            "count=1",
+        ],
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = env.start_container(&pod, &pod_cfg, hog).await;
+    let st = wait_exited(&mut env, &hog).await;
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+
+    env.remove_pod(&pod).await;
+    env.assert_clean().await;
+    // Every scope went with its process; the slice is the kubelet's to remove.
+    let ours: Vec<String> = [pod.as_str(), c.as_str(), hog.as_str()]
+        .iter()
+        .flat_map(|id| units(&format!("sup-{id}.scope")))
+        .collect();
+    assert!(ours.is_empty(), "units left: {ours:?}");
+    let (_, after) = systemctl(&["list-units", "--all", "--no-pager", "sup-*.scope", &slice]);
+    sup_tests::report(&format!(
+        "systemd driver: after RemovePodSandbox, `systemctl list-units --all 'sup-*.scope' \
+         {slice}`:\n{after}"
+    ));
+    let left: Vec<_> = std::fs::read_dir(PathBuf::from("/sys/fs/cgroup").join(&top).join(&slice))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "cgroups left in {slice}: {left:?}");
+}
+
+/// What the CRI carries for cgroup v2 reaches the container's cgroup: `unified` files as
+/// given (`memory.high`), the memory + swap limit as v2's swap-only `memory.swap.max`, and
+/// an update of both. On a cgroup v1 host `unified` is refused, with nothing made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_v2_resources_reach_the_cgroup() {
+    let mut env = CriEnv::start().await;
+    env.import_busybox().await;
+    let log_dir = env.log_dir("v2res");
+    let pod_cfg = pod_config("v2res", &log_dir, true);
+    let pod = env.run_pod(pod_cfg.clone()).await;
+    let mut cfg = container_config("c", &SLEEPER);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 96 << 20,
+            unified: [("memory.high".to_string(), (48u64 << 20).to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if !unified() {
+        let err = env
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await
+            .expect_err("unified resources on cgroup v1");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("cgroup v1"), "{err:?}");
+        env.remove_pod(&pod).await;
+        env.assert_clean().await;
+        return;
+    }
+    let c = env.start_container(&pod, &pod_cfg, cfg).await;
+    let pid = task_pid(&env, &c).await.expect("container pid");
+    let dir = memory_dir(&memory_cgroup_of(pid));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+    assert_eq!(read("memory.high"), (48u64 << 20).to_string());
+    // 96 MiB of memory and swap together: 32 MiB of swap.
+    assert_eq!(read("memory.swap.max"), (32u64 << 20).to_string());
+    // ContainerStatus reports them as set.
+    let st = env.container_status(&c).await;
+    let linux = st.resources.and_then(|r| r.linux).expect("linux resources");
+    assert_eq!(linux.memory_swap_limit_in_bytes, 96 << 20);
+    assert_eq!(
+        linux.unified.get("memory.high").map(String::as_str),
+        Some("50331648")
+    );
+
+    env.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: c.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 80 << 20,
+                memory_swap_limit_in_bytes: 80 << 20,
+                unified: [("memory.high".to_string(), (40u64 << 20).to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    assert_eq!(read("memory.max"), (80u64 << 20).to_string());
+    assert_eq!(read("memory.high"), (40u64 << 20).to_string());
+    assert_eq!(read("memory.swap.max"), "0");
+
+    // A file name that climbs out of the cgroup is refused.
+    let mut bad = container_config("bad", &SLEEPER);
+    bad.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            unified: [("../memory.max".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = env
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect_err("a unified key with ..");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    env.remove_pod(&pod).await;
+    env.assert_clean().await;
+}

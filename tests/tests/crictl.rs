@@ -7,90 +7,17 @@
 //! crictl is `SUP_CRICTL` or `../shared/cri-tools/crictl` beside the checkout; without it the
 //! test fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sup_tests::busybox::busybox_image;
 use sup_tests::cri::CriEnv;
-use sup_tests::daemon::output_within;
+use sup_tests::crictl::Crictl;
 use sup_tests::registry::{self, Registry};
 use sup_tests::task::show;
 
-/// How long one crictl command may take (a pull included).
-const CRICTL_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the container prints before it sleeps: `crictl logs` must give back these bytes.
 const GREETING: &str = "hello from crictl";
-
-/// crictl with its endpoints on one supd socket, and a config file of its own so that
-/// /etc/crictl.yaml and the environment play no part.
-struct Crictl {
-    bin: PathBuf,
-    config: PathBuf,
-    endpoint: String,
-}
-
-impl Crictl {
-    fn new(bin: PathBuf, socket: &Path, dir: &Path) -> Crictl {
-        let endpoint = format!("unix://{}", socket.display());
-        let config = dir.join("crictl.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 60\n\
-                 debug: false\npull-image-on-create: false\ndisable-pull-on-run: false\n"
-            ),
-        )
-        .expect("write crictl.yaml");
-        Crictl {
-            bin,
-            config,
-            endpoint,
-        }
-    }
-
-    /// Runs `crictl ARGS...` to completion.
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--config")
-            .arg(&self.config)
-            .args(["--runtime-endpoint", &self.endpoint])
-            .args(["--image-endpoint", &self.endpoint])
-            .args(args)
-            .env_remove("CONTAINER_RUNTIME_ENDPOINT")
-            .env_remove("IMAGE_SERVICE_ENDPOINT")
-            .env_remove("CRI_CONFIG_FILE");
-        let out = tokio::task::block_in_place(|| output_within(cmd, CRICTL_TIMEOUT));
-        eprintln!("crictl {}: {}", args.join(" "), out.status);
-        out
-    }
-
-    /// Runs `crictl ARGS...`, which must succeed, and returns its stdout.
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "crictl {}: {}\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            show(&out.stdout),
-            show(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("crictl prints UTF-8")
-    }
-
-    /// `crictl COMMAND -o json ARGS...`, parsed (crictl reads no flag after an argument).
-    #[track_caller]
-    fn json(&self, command: &str, args: &[&str]) -> Value {
-        let mut all = vec![command, "-o", "json"];
-        all.extend(args);
-        let text = self.ok(&all);
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("crictl {}: not JSON ({e}): {text}", all.join(" ")))
-    }
-}
 
 /// The one id a create/run command printed.
 #[track_caller]

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Use the host's network namespace
     #[arg(long)]
     net_host: bool,
+    /// Run in a systemd scope (sup-NAMESPACE-ID.scope in system.slice), through the
+    /// runtime's systemd cgroup driver
+    #[arg(long)]
+    systemd_cgroup: bool,
     /// OCI runtime to run it with (runc, crun, or a path); the daemon's default when not
     /// given
     #[arg(long, value_name = "NAME")]
@@ -237,6 +241,7 @@ fn create_request(args: &RunArgs) -> CreateContainerRequest {
         cap_drop: args.cap_drop.clone(),
         privileged: args.privileged,
         host_network: args.net_host,
+        systemd_cgroup: args.systemd_cgroup,
         ..Default::default()
     };
     CreateContainerRequest {
@@ -349,6 +354,7 @@ mod tests {
             "--mount",
             "/data:/mnt:ro",
             "--net-host",
+            "--systemd-cgroup",
             "--runtime",
             "crun",
             "--snapshotter",
@@ -382,6 +388,7 @@ mod tests {
         assert_eq!(config.working_dir, "/tmp");
         assert_eq!(config.user, "1000:1000");
         assert!(config.tty && config.readonly_rootfs && config.host_network);
+        assert!(config.systemd_cgroup);
         assert!(!config.privileged);
         let resources = config.resources.expect("resources");
         assert_eq!(resources.memory_limit, 64 << 20);

@@ -294,6 +294,7 @@ fn metrics_json(m: &TaskMetrics) -> Value {
             "usage_kernel": c.usage_kernel,
             "throttled_periods": c.throttled_periods,
             "throttled_time": c.throttled_time,
+            "pressure": c.pressure.as_ref().map(pressure_json),
         })),
         "memory": m.memory.as_ref().map(|mem| json!({
             "usage": mem.usage,
@@ -302,12 +303,23 @@ fn metrics_json(m: &TaskMetrics) -> Value {
             "rss": mem.rss,
             "cache": mem.cache,
             "oom_kills": mem.oom_kills,
+            "pressure": mem.pressure.as_ref().map(pressure_json),
         })),
         "pids": m.pids.as_ref().map(|p| json!({"current": p.current, "limit": p.limit})),
         "io": m.io.as_ref().map(|io| json!({
             "read_bytes": io.read_bytes,
             "write_bytes": io.write_bytes,
+            "pressure": io.pressure.as_ref().map(pressure_json),
         })),
+    })
+}
+
+fn pressure_json(p: &sup_client::api::Pressure) -> Value {
+    json!({
+        "some": {"avg10": p.some_avg10, "avg60": p.some_avg60, "avg300": p.some_avg300,
+                 "total_usec": p.some_total},
+        "full": {"avg10": p.full_avg10, "avg60": p.full_avg60, "avg300": p.full_avg300,
+                 "total_usec": p.full_total},
     })
 }
 

@@ -1,6 +1,12 @@
 //! cgroup v2: `memory.events`, whose `oom_kill` count rises with each process the OOM killer
 //! kills in the cgroup (or below it). The kernel raises a file-modified event on each change,
 //! which inotify reports.
+//!
+//! A cgroup that systemd manages (a scope, under the runtime's systemd driver) is removed as
+//! soon as its last process has gone, which can be before the count that the OOM kill of its
+//! init raised has been read. The parent's `memory.events` counts its children's kills too,
+//! and outlives them: its count is noted at each reading of the cgroup's own, and a rise
+//! found once the cgroup is gone is taken as the kill not read in time.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -45,6 +51,9 @@ pub fn parse_memory_events(text: &str) -> MemoryEvents {
 
 pub struct MemoryEventsWatch {
     path: PathBuf,
+    /// The parent cgroup's `memory.events`, and its `oom_kill` count at the last reading of
+    /// the cgroup's own (None: no parent with one, as under the root).
+    parent: Option<(PathBuf, AtomicU64)>,
     /// None if inotify could not be had: the count is then looked at only when a process
     /// exits.
     inotify: Option<AsyncFd<OwnedFd>>,
@@ -67,11 +76,17 @@ impl MemoryEventsWatch {
                 None
             }
         };
+        let parent = dir
+            .parent()
+            .map(|p| p.join("memory.events"))
+            .and_then(|p| Some((oom_kills_in(&p)?, p)))
+            .map(|(count, p)| (p, AtomicU64::new(count)));
         let text =
             std::fs::read_to_string(&path).map_err(|e| CgroupError::io("reading", &path, e))?;
         Ok(MemoryEventsWatch {
             oom_kills: AtomicU64::new(parse_memory_events(&text).oom_kill),
             path,
+            parent,
             inotify,
         })
     }
@@ -90,14 +105,32 @@ impl MemoryEventsWatch {
         }
         let counts = match std::fs::read_to_string(&self.path) {
             Ok(text) => parse_memory_events(&text),
-            // The cgroup was removed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::ENDED,
+            // The cgroup was removed: a kill since the last reading shows in the parent.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let missed = self.parent.as_ref().is_some_and(|(p, seen)| {
+                    oom_kills_in(p).is_some_and(|now| now > seen.fetch_max(now, Ordering::Relaxed))
+                });
+                if missed {
+                    tracing::info!("OOM kill counted in the parent cgroup after the cgroup went");
+                }
+                return Outcome {
+                    oom: missed,
+                    ended: true,
+                };
+            }
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "reading memory.events failed");
                 return Outcome::ENDED;
             }
         };
         let before = self.oom_kills.fetch_max(counts.oom_kill, Ordering::Relaxed);
+        // Read after the cgroup's own (the kernel counts a kill in the cgroup, then in each
+        // parent): every kill the own count shows is in this one, and is not taken again.
+        if let Some((p, seen)) = &self.parent {
+            if let Some(now) = oom_kills_in(p) {
+                seen.fetch_max(now, Ordering::Relaxed);
+            }
+        }
         tracing::debug!(
             oom = counts.oom,
             oom_kill = counts.oom_kill,
@@ -108,6 +141,12 @@ impl MemoryEventsWatch {
             ended: false,
         }
     }
+}
+
+/// The `oom_kill` count of the `memory.events` at `path`, if it can be read.
+fn oom_kills_in(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(parse_memory_events(&text).oom_kill)
 }
 
 fn watch_file(path: &Path) -> std::io::Result<AsyncFd<OwnedFd>> {
@@ -170,6 +209,41 @@ mod tests {
         assert_eq!(watch.poll(), Outcome::NOTHING, "each kill counts once");
         std::fs::remove_file(&events).unwrap();
         assert_eq!(watch.poll(), Outcome::ENDED);
+    }
+
+    /// A scope systemd removed before its kill was read: the parent's count tells.
+    #[tokio::test]
+    async fn a_kill_is_seen_in_the_parent_once_the_cgroup_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("memory.events");
+        let dir = tmp.path().join("sup-c.scope");
+        std::fs::create_dir(&dir).unwrap();
+        let events = dir.join("memory.events");
+        std::fs::write(&parent, "oom 4\noom_kill 4\n").unwrap();
+        std::fs::write(&events, "oom 0\noom_kill 0\n").unwrap();
+        let watch = MemoryEventsWatch::start(&dir).unwrap();
+        // A kill read in time counts once, not again from the parent.
+        std::fs::write(&events, "oom 1\noom_kill 1\n").unwrap();
+        std::fs::write(&parent, "oom 5\noom_kill 5\n").unwrap();
+        assert!(watch.poll().oom);
+        std::fs::remove_file(&events).unwrap();
+        assert_eq!(watch.poll(), Outcome::ENDED, "nothing new in the parent");
+
+        let watch = {
+            std::fs::write(&events, "oom 1\noom_kill 1\n").unwrap();
+            MemoryEventsWatch::start(&dir).unwrap()
+        };
+        // The kill lands, the cgroup goes, and only then the watch looks.
+        std::fs::write(&parent, "oom 6\noom_kill 6\n").unwrap();
+        std::fs::remove_file(&events).unwrap();
+        assert_eq!(
+            watch.poll(),
+            Outcome {
+                oom: true,
+                ended: true
+            }
+        );
+        assert_eq!(watch.poll(), Outcome::ENDED, "and once only");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub struct CreateSpec {
     pub stdin: bool,
     pub terminal: bool,
     pub cri_log_path: Option<PathBuf>,
+    pub systemd_cgroup: bool,
 }
 
 /// A process as State reports it.
@@ -50,6 +51,8 @@ pub(super) struct Slot {
     pub(super) cgroup_stats: Option<Arc<CgroupStats>>,
     /// Reading them has failed once already (it is logged once, as a warning).
     pub(super) stats_failed: bool,
+    /// The container's systemd scope, under the runtime's systemd cgroup driver.
+    pub(super) scope: Option<String>,
 }
 
 impl Container {

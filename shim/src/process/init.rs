@@ -65,6 +65,10 @@ impl Container {
         slot.runc = Some(runc);
         slot.init = Some(init);
         slot.cgroup_stats = cgroups.as_ref().map(|c| Arc::new(CgroupStats::new(c)));
+        slot.scope = spec
+            .systemd_cgroup
+            .then(|| crate::systemd::scope_unit(&spec.bundle))
+            .flatten();
         drop(slot);
         // Watching from before the program starts: an OOM kill right at its start counts too.
         if let Some(cgroups) = &cgroups {
@@ -125,6 +129,7 @@ impl Container {
             runtime,
             &ctx.runtime_root,
             &ctx.task_dir,
+            spec.systemd_cgroup,
             ctx.reaper.clone(),
         ));
         let log_path = self.log_path("init");
@@ -157,9 +162,9 @@ impl Container {
                 .map_err(Error::from),
             None => self.create_with_terminal(&runc, spec, &pid_file, &io).await,
         };
-        self.undo_create_on_error(&runc, created).await?;
+        self.undo_create_on_error(&runc, spec, created).await?;
         let pid = self
-            .undo_create_on_error(&runc, read_pid(&pid_file))
+            .undo_create_on_error(&runc, spec, read_pid(&pid_file))
             .await?;
         let init = Process::new("", spec.terminal, spec.stdin);
         init.set_io(io, None);
@@ -191,10 +196,20 @@ impl Container {
     }
 
     /// Removes what a failed create may have left in the runtime.
-    async fn undo_create_on_error<T>(&self, runc: &Runc, r: Result<T>) -> Result<T> {
+    async fn undo_create_on_error<T>(
+        &self,
+        runc: &Runc,
+        spec: &CreateSpec,
+        r: Result<T>,
+    ) -> Result<T> {
         if r.is_err() {
             if let Err(e) = runc.delete(&self.ctx.id, true).await {
                 tracing::warn!(error = %e, "cleaning up after a failed create");
+            }
+            if spec.systemd_cgroup {
+                if let Some(unit) = crate::systemd::scope_unit(&spec.bundle) {
+                    crate::systemd::forget(&self.ctx.reaper, &unit).await;
+                }
             }
         }
         r
@@ -254,6 +269,10 @@ impl Container {
 
     async fn delete_runtime(&self, runc: &Runc, init: &Process) -> Result<Exit> {
         runc.delete(&self.ctx.id, true).await?;
+        let scope = self.slot().scope.clone();
+        if let Some(unit) = scope {
+            crate::systemd::forget(&self.ctx.reaper, &unit).await;
+        }
         // A created init dies of the runtime's delete; its exit still comes through the reaper.
         let exit = tokio::time::timeout(DELETE_EXIT_TIMEOUT, init.wait()).await;
         exit.ok().flatten().ok_or_else(|| {

@@ -140,6 +140,7 @@ impl Shim for ShimService {
             stdin: req.stdin,
             terminal: req.terminal,
             cri_log_path: (!req.cri_log_path.is_empty()).then(|| PathBuf::from(req.cri_log_path)),
+            systemd_cgroup: req.systemd_cgroup,
         };
         let c = self.container.clone();
         let pid = settled(self.span("Create", ""), async move { c.create(spec).await }).await?;

@@ -1,7 +1,8 @@
 //! The statistics document of `runc events --stats`, field for field as far as it goes: the
 //! same names, units (nanoseconds, bytes) and omissions (runc leaves most zero numbers out),
 //! so that a reader of runc's document reads this one alike. The sections nothing here fills
-//! (cpuset, hugetlb, intel_rdt, network_interfaces, PSI) are left out.
+//! (cpuset, hugetlb, intel_rdt, network_interfaces) are left out. Pressure (PSI) is as
+//! runc 1.2 and later give it, where the kernel keeps it (cgroup v2).
 
 use std::collections::BTreeMap;
 
@@ -32,7 +33,29 @@ pub struct Stats {
 pub struct Cpu {
     pub usage: CpuUsage,
     pub throttling: Throttling,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<Psi>,
 }
+
+/// A pressure file (`cpu.pressure`, ...): the share of time some, or all, of the cgroup's
+/// tasks were stalled on the resource, in percent over the last 10, 60 and 300 seconds, and
+/// in all (microseconds).
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Psi {
+    pub some: PsiData,
+    pub full: PsiData,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct PsiData {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total: u64,
+}
+
+/// Only finite averages are kept, so equality is total.
+impl Eq for Psi {}
 
 /// Nanoseconds.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -77,6 +100,8 @@ pub struct Memory {
     /// no such count; it is `oom_kill` of memory.oom_control on v1, of memory.events on v2).
     #[serde(rename = "oomKills", skip_serializing_if = "zero")]
     pub oom_kills: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<Psi>,
 }
 
 /// Bytes; an unlimited limit is `u64::MAX` (v2's "max") or the kernel's own huge number (v1).
@@ -108,6 +133,8 @@ pub struct Blkio {
     /// Operations, per device and operation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub io_serviced_recursive: Vec<BlkioEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<Psi>,
 }
 
 /// `op` is "Read", "Write" (and on v1 "Sync", "Async", "Discard", "Total").

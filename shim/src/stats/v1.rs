@@ -148,6 +148,7 @@ fn memory(dir: &Path, files: &mut Files) -> Result<Memory, StatsError> {
         swap: memory_entry(dir, "memory.memsw", files)?,
         kernel: memory_entry(dir, "memory.kmem", files)?,
         kernel_tcp: memory_entry(dir, "memory.kmem.tcp", files)?,
+        psi: None,
     })
 }
 
@@ -179,6 +180,7 @@ fn blkio(dir: &Path, files: &mut Files) -> Result<Blkio, StatsError> {
         return Ok(Blkio {
             io_service_bytes_recursive: bytes.as_deref().map(blkio_entries).unwrap_or_default(),
             io_serviced_recursive: ops,
+            psi: None,
         });
     }
     Ok(Blkio::default())

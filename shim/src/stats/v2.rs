@@ -5,17 +5,57 @@
 use std::path::Path;
 
 use super::document::{
-    Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling,
+    Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Psi, PsiData, Stats, Throttling,
 };
 use super::{get, pids_limit, Files, StatsError};
 
 pub(super) fn read(dir: &Path, files: &mut Files) -> Result<Stats, StatsError> {
-    Ok(Stats {
+    let mut stats = Stats {
         cpu: cpu(dir, files)?,
         memory: memory(dir, files)?,
         pids: pids(dir, files)?,
         blkio: io(dir, files)?,
-    })
+    };
+    stats.cpu.psi = pressure(dir, "cpu.pressure");
+    stats.memory.psi = pressure(dir, "memory.pressure");
+    stats.blkio.psi = pressure(dir, "io.pressure");
+    Ok(stats)
+}
+
+/// A pressure file, if the kernel keeps one (PSI built in and not off: without it the file
+/// is missing or cannot be read, which is no error).
+fn pressure(dir: &Path, name: &str) -> Option<Psi> {
+    parse_pressure(&std::fs::read_to_string(dir.join(name)).ok()?)
+}
+
+/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and a `full` line (the CPU's `full`
+/// line is all zeros before Linux 5.13, or missing).
+fn parse_pressure(text: &str) -> Option<Psi> {
+    let mut psi = Psi::default();
+    let mut any = false;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let data = match fields.next() {
+            Some("some") => &mut psi.some,
+            Some("full") => &mut psi.full,
+            _ => continue,
+        };
+        let mut parsed = PsiData::default();
+        for field in fields {
+            let (key, value) = field.split_once('=')?;
+            let avg = || value.parse::<f64>().ok().filter(|v| v.is_finite());
+            match key {
+                "avg10" => parsed.avg10 = avg()?,
+                "avg60" => parsed.avg60 = avg()?,
+                "avg300" => parsed.avg300 = avg()?,
+                "total" => parsed.total = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        *data = parsed;
+        any = true;
+    }
+    any.then_some(psi)
 }
 
 /// cpu.stat is there even when the cpu controller is not enabled (usage, not throttling).
@@ -36,6 +76,7 @@ fn cpu(dir: &Path, files: &mut Files) -> Result<Cpu, StatsError> {
             throttled_periods: get(&stat, "nr_throttled"),
             throttled_time: nanos("throttled_usec"),
         },
+        psi: None,
     })
 }
 
@@ -170,6 +211,43 @@ mod tests {
     fn document(dir: &Path) -> Value {
         let doc = CgroupStats::V2(dir.to_path_buf()).document("web").unwrap();
         serde_json::from_slice(&doc).unwrap()
+    }
+
+    #[test]
+    fn pressure_files() {
+        let psi = parse_pressure(
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=123456\n\
+             full avg10=0.50 avg60=0.00 avg300=0.00 total=789\n",
+        )
+        .unwrap();
+        assert_eq!(psi.some.avg10, 1.5);
+        assert_eq!(psi.some.avg60, 0.25);
+        assert_eq!(psi.some.total, 123456);
+        assert_eq!(psi.full.total, 789);
+        // A CPU file of an older kernel has no full line.
+        let cpu = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        assert_eq!((cpu.some.total, cpu.full.total), (5, 0));
+        assert_eq!(parse_pressure(""), None);
+        assert_eq!(
+            parse_pressure("some avg10=x avg60=0 avg300=0 total=1\n"),
+            None
+        );
+
+        let tmp = tempfile::tempdir().unwrap();
+        fake_dir(tmp.path());
+        std::fs::write(
+            tmp.path().join("memory.pressure"),
+            "some avg10=2.00 avg60=1.00 avg300=0.50 total=4000\n\
+             full avg10=1.00 avg60=0.50 avg300=0.25 total=2000\n",
+        )
+        .unwrap();
+        let doc = document(tmp.path());
+        assert_eq!(doc["data"]["memory"]["psi"]["full"]["total"], 2000);
+        assert_eq!(doc["data"]["memory"]["psi"]["some"]["avg10"], 2.0);
+        assert!(
+            doc["data"]["cpu"].get("psi").is_none(),
+            "no cpu.pressure, no psi"
+        );
     }
 
     #[test]

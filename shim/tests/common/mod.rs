@@ -138,6 +138,7 @@ impl Fixture {
             stdin,
             terminal,
             cri_log_path: String::new(),
+            systemd_cgroup: false,
         }
     }
 

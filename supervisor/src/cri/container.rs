@@ -156,7 +156,10 @@ impl Cri {
         if let Some(o) = spec.as_object_mut() {
             o.remove("hostname");
         }
-        if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&sandbox.config), &rec.id)? {
+        let systemd = self.config.systemd_cgroup;
+        if let Some(path) =
+            cspec::pod_cgroups_path(cgroup_parent(&sandbox.config), &rec.id, systemd)?
+        {
             cspec::set_cgroups_path(&mut spec, &path)?;
         }
         if let Some(p) = super::overrides::rootfs_propagation(config) {
@@ -164,6 +167,7 @@ impl Cri {
         }
         add_groups(&mut spec, &sec.supplemental_groups)?;
         cspec::set_cpu_quota(&mut spec, res.cpu_quota, res.cpu_period)?;
+        cspec::set_more_resources(&mut spec, &res)?;
         cspec::set_oom_score_adj(&mut spec, res.oom_score_adj);
         cspec::add_devices(&mut spec, &config.devices)?;
         // Older kubelets still name the profile in the deprecated string field.
@@ -490,15 +494,10 @@ impl Cri {
         } else {
             0.0
         };
-        let res = api::Resources {
-            memory_limit: r.memory_limit_in_bytes,
-            cpus,
-            cpu_shares: u64::try_from(r.cpu_shares).unwrap_or(0),
-            pids_limit: 0,
-        };
+        let shares = u64::try_from(r.cpu_shares).unwrap_or(0);
         // The stored spec first, so a task started later gets the new limits too.
         let mut c = self.services.container_get(NAMESPACE, &id)?;
-        let new = crate::spec::resources(res.memory_limit, res.cpus, res.cpu_shares, 0)?;
+        let new = crate::spec::resources(r.memory_limit_in_bytes, cpus, shares, 0)?;
         let new = serde_json::to_value(&new)?;
         if let (Some(old), Some(new)) = (
             c.spec
@@ -512,11 +511,29 @@ impl Cri {
                 }
             }
         }
+        cspec::set_more_resources(&mut c.spec, r)?;
+        // The running task gets what an update may change: memory, CPU, cgroup v2 files.
+        let mut changed = serde_json::Map::new();
+        if let Some(all) = c
+            .spec
+            .pointer("/linux/resources")
+            .and_then(|v| v.as_object())
+        {
+            for key in ["memory", "cpu", "unified"] {
+                if let Some(v) = all.get(key) {
+                    changed.insert(key.to_string(), v.clone());
+                }
+            }
+        }
+        let changed: oci_spec::runtime::LinuxResources =
+            serde_json::from_value(serde_json::Value::Object(changed))?;
         self.services
             .container_update(NAMESPACE, c, &["spec".to_string()])
             .await?;
         if self.services.task(NAMESPACE, &id).is_ok() {
-            self.services.task_update(NAMESPACE, &id, &res).await?;
+            self.services
+                .task_update_resources(NAMESPACE, &id, &changed)
+                .await?;
         }
         Ok(())
     }
@@ -563,6 +580,15 @@ pub fn resources_of(spec: &serde_json::Value) -> cri::LinuxContainerResources {
         oom_score_adj: int("/process/oomScoreAdj").unwrap_or(0),
         cpuset_cpus: text("/linux/resources/cpu/cpus"),
         cpuset_mems: text("/linux/resources/cpu/mems"),
+        unified: spec
+            .pointer("/linux/resources/unified")
+            .and_then(serde_json::Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Default::default()
     }
 }

@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod spec;
 pub mod stats;
+pub mod stream;
 
 /// The sup namespace every CRI object lives in.
 pub const NAMESPACE: &str = "k8s.io";
@@ -56,12 +57,17 @@ pub struct Cri {
     /// Kept as of a containers generation (Services::containers_generation): any update of
     /// a container record, through the CRI or sup.v1, starts it afresh.
     resources: Mutex<(u64, HashMap<String, k8s_cri::v1::LinuxContainerResources>)>,
+    /// Serves Exec, Attach and PortForward sessions.
+    pub stream: stream::StreamServer,
 }
 
 impl Cri {
-    /// The CRI state; call within the daemon's runtime (it starts the exit collector).
-    pub fn new(services: Arc<Services>, config: CriConfig) -> Arc<Cri> {
+    /// The CRI state; call within the daemon's runtime (it starts the exit collector and
+    /// the streaming server, whose socket it binds).
+    pub fn new(services: Arc<Services>, config: CriConfig) -> crate::error::Result<Arc<Cri>> {
+        let stream = stream::StreamServer::bind(&config)?;
         let cri = Arc::new(Cri {
+            stream,
             records: records::Records::new(services.store.clone()),
             net: network::NetConfig::from_config(&config),
             services,
@@ -77,8 +83,9 @@ impl Cri {
             cri.collect_exits();
             let settling = cri.clone();
             tokio::spawn(async move { settling.settle_exits().await });
+            stream::StreamServer::serve(&cri)?;
         }
-        cri
+        Ok(cri)
     }
 
     /// The task-deletion lock of container `id`.

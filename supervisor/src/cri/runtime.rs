@@ -14,8 +14,6 @@ use crate::server::convert::status;
 
 type Rpc<T> = std::result::Result<Response<T>, Status>;
 
-const STREAMING: &str = "sup does not serve the CRI streaming server yet";
-
 /// The RuntimeService, over the shared `Cri` state.
 #[derive(Clone)]
 pub struct CriRuntime(pub Arc<Cri>);
@@ -237,19 +235,26 @@ impl RuntimeService for CriRuntime {
         }
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Rpc<cri::ExecResponse> {
-        Err(Status::unimplemented(STREAMING))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Rpc<cri::ExecResponse> {
+        let url = self.0.exec_url(req.into_inner()).await.map_err(status)?;
+        ok(cri::ExecResponse { url })
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Rpc<cri::AttachResponse> {
-        Err(Status::unimplemented(STREAMING))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Rpc<cri::AttachResponse> {
+        let url = self.0.attach_url(req.into_inner()).await.map_err(status)?;
+        ok(cri::AttachResponse { url })
     }
 
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Rpc<cri::PortForwardResponse> {
-        Err(Status::unimplemented(STREAMING))
+        let url = self
+            .0
+            .port_forward_url(req.into_inner())
+            .await
+            .map_err(status)?;
+        ok(cri::PortForwardResponse { url })
     }
 
     async fn container_stats(
@@ -401,10 +406,14 @@ impl RuntimeService for CriRuntime {
         &self,
         _req: Request<cri::RuntimeConfigRequest>,
     ) -> Rpc<cri::RuntimeConfigResponse> {
-        // cgroupfs: sup's cgroup paths are plain paths, not systemd slices.
+        let driver = if self.0.config.systemd_cgroup {
+            cri::CgroupDriver::Systemd
+        } else {
+            cri::CgroupDriver::Cgroupfs
+        };
         ok(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: driver as i32,
             }),
         })
     }

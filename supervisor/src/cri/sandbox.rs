@@ -93,7 +93,7 @@ impl Cri {
         }
         let id = super::new_id()?;
         // Checked before anything is made.
-        cspec::pod_cgroups_path(cgroup_parent(&config), &id)?;
+        cspec::pod_cgroups_path(cgroup_parent(&config), &id, self.config.systemd_cgroup)?;
         let dir = self.sandbox_dir(&id);
         let host_net = host_network(&config);
         let host_ipc = is_node(namespace_options(&config).ipc);
@@ -233,7 +233,8 @@ impl Cri {
             cspec::set_sysctls(&mut spec, &l.sysctls)?;
         }
         cspec::set_oom_score_adj(&mut spec, -998);
-        if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&rec.config), &rec.id)? {
+        let systemd = self.config.systemd_cgroup;
+        if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&rec.config), &rec.id, systemd)? {
             cspec::set_cgroups_path(&mut spec, &path)?;
         }
         let mut c = created;

@@ -52,12 +52,16 @@ const MAX_CGROUP_PARENT: usize = 1024;
 /// The cgroup path of a pod's process `id` under the pod's `cgroup_parent`, or None when the
 /// pod names none (sup's own `/sup/k8s.io/<id>` stays). The kubelet's cgroupfs driver names
 /// a path (`/kubepods/burstable/pod<uid>`); its systemd driver a slice
-/// (`kubepods-burstable-pod<uid>.slice`), which is expanded to the directory systemd gives
-/// it, each dash a level (`/kubepods.slice/kubepods-burstable.slice/...`). Either way the
-/// runtime manages the process's own cgroup below it through the cgroup filesystem.
-pub fn pod_cgroups_path(parent: &str, id: &str) -> Result<Option<String>> {
+/// (`kubepods-burstable-pod<uid>.slice`).
+///
+/// With sup's own cgroupfs driver, a slice is expanded to the directory systemd gives it,
+/// each dash a level (`/kubepods.slice/kubepods-burstable.slice/...`), and the runtime makes
+/// the process's cgroup below it in the cgroup file system. With the `systemd` driver the
+/// parent must be a slice (`system.slice` when none is named), and the process goes in the
+/// scope `sup-<id>.scope` in it (`<slice>:sup:<id>`), which systemd makes for the runtime.
+pub fn pod_cgroups_path(parent: &str, id: &str, systemd: bool) -> Result<Option<String>> {
     if parent.is_empty() {
-        return Ok(None);
+        return Ok(systemd.then(|| format!("system.slice:sup:{id}")));
     }
     let bad = |why: &str| {
         Error::invalid(format!(
@@ -71,7 +75,19 @@ pub fn pod_cgroups_path(parent: &str, id: &str) -> Result<Option<String>> {
     if parent.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(bad("has spaces or control characters"));
     }
-    let base = if !parent.contains('/') && parent.ends_with(".slice") {
+    let is_slice = !parent.contains('/') && parent.ends_with(".slice");
+    if systemd {
+        let unit_chars = parent
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '\\'));
+        if !is_slice || !unit_chars || slice_path(parent).is_none() {
+            return Err(bad(
+                "the systemd cgroup driver takes a slice (\"kubepods-pod<uid>.slice\")",
+            ));
+        }
+        return Ok(Some(format!("{parent}:sup:{id}")));
+    }
+    let base = if is_slice {
         slice_path(parent).ok_or_else(|| bad("not a valid systemd slice name"))?
     } else {
         let parts: Vec<&str> = parent.split('/').filter(|p| !p.is_empty()).collect();
@@ -155,13 +171,19 @@ pub fn set_oom_score_adj(spec: &mut Value, want: i64) {
     }
 }
 
+/// The object at `key` of `map`, made (or made an object) if it is not one.
+fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Value {
+    let v = map.entry(key).or_insert_with(|| json!({}));
+    if !v.is_object() {
+        *v = json!({});
+    }
+    v
+}
+
 fn resources(spec: &mut Value) -> Result<&mut Map<String, Value>> {
     let l = linux(spec)?;
-    let r = l.entry("resources").or_insert_with(|| json!({}));
-    if !r.is_object() {
-        *r = json!({});
-    }
-    r.as_object_mut()
+    object_at(l, "resources")
+        .as_object_mut()
         .ok_or_else(|| Error::internal("generated spec: resources is not an object"))
 }
 
@@ -181,15 +203,111 @@ pub fn set_cpu_quota(spec: &mut Value, quota: i64, period: i64) -> Result<()> {
         )));
     }
     let r = resources(spec)?;
-    let cpu = r.entry("cpu").or_insert_with(|| json!({}));
-    if !cpu.is_object() {
-        *cpu = json!({});
-    }
+    let cpu = object_at(r, "cpu");
     if quota != 0 {
         cpu["quota"] = json!(quota);
     }
     if period != 0 {
         cpu["period"] = json!(period);
+    }
+    Ok(())
+}
+
+/// Whether this host runs cgroup v2 alone (the unified hierarchy holds the controllers).
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// Longest `unified` key and value taken, and most entries.
+const MAX_UNIFIED_KEY: usize = 256;
+const MAX_UNIFIED_VALUE: usize = 4096;
+const MAX_UNIFIED: usize = 128;
+
+/// The container resources beyond the memory limit, CPU shares and CPU quota: the memory +
+/// swap limit (`memory.swap`, which the runtime turns into cgroup v2's `memory.swap.max`,
+/// the swap alone), the cpuset, and `unified`, cgroup v2 files written as given
+/// (`memory.high`, `cpu.weight.nice`, ...). `unified` needs a cgroup v2 host.
+pub fn set_more_resources(spec: &mut Value, res: &cri::LinuxContainerResources) -> Result<()> {
+    let swap = res.memory_swap_limit_in_bytes;
+    if swap < -1 {
+        return Err(Error::invalid(format!(
+            "memory swap limit {swap}: must be -1 (unlimited), 0 (unset) or a size"
+        )));
+    }
+    let limit = res.memory_limit_in_bytes;
+    if swap > 0 && (limit <= 0 || swap < limit) {
+        return Err(Error::invalid(format!(
+            "memory swap limit {swap}: the limit of memory and swap together needs a memory \
+             limit no larger than it (memory limit {limit})"
+        )));
+    }
+    for (what, list) in [
+        ("cpuset cpus", &res.cpuset_cpus),
+        ("cpuset mems", &res.cpuset_mems),
+    ] {
+        let ok = list.len() <= 4096
+            && list
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, ',' | '-'));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "{what} {:?}: want a list such as \"0-3,6\"",
+                crate::error::printable(list)
+            )));
+        }
+    }
+    if !res.unified.is_empty() {
+        if !cgroup_v2() {
+            return Err(Error::invalid(
+                "unified resources are cgroup v2 files, and this host runs cgroup v1",
+            ));
+        }
+        if res.unified.len() > MAX_UNIFIED {
+            return Err(Error::invalid(format!(
+                "unified resources: more than {MAX_UNIFIED}"
+            )));
+        }
+        for (k, v) in &res.unified {
+            // A file of the container's own cgroup directory: `controller.name`.
+            let key_ok = !k.is_empty()
+                && k.len() <= MAX_UNIFIED_KEY
+                && k.contains('.')
+                && !k.starts_with('.')
+                && !k.contains("..")
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !key_ok {
+                return Err(Error::invalid(format!(
+                    "unified resource {:?}: not a cgroup file name",
+                    crate::error::printable(k)
+                )));
+            }
+            if v.len() > MAX_UNIFIED_VALUE || v.chars().any(|c| c == '\0') {
+                return Err(Error::invalid(format!(
+                    "unified resource {k}: value too long or with a NUL"
+                )));
+            }
+        }
+    }
+    let r = resources(spec)?;
+    if swap != 0 {
+        let memory = object_at(r, "memory");
+        memory["swap"] = json!(swap);
+    }
+    if !res.cpuset_cpus.is_empty() || !res.cpuset_mems.is_empty() {
+        let cpu = object_at(r, "cpu");
+        if !res.cpuset_cpus.is_empty() {
+            cpu["cpus"] = json!(res.cpuset_cpus);
+        }
+        if !res.cpuset_mems.is_empty() {
+            cpu["mems"] = json!(res.cpuset_mems);
+        }
+    }
+    if !res.unified.is_empty() {
+        let unified = object_at(r, "unified");
+        for (k, v) in &res.unified {
+            unified[k.as_str()] = json!(v);
+        }
     }
     Ok(())
 }
@@ -421,24 +539,24 @@ mod tests {
 
     #[test]
     fn cgroup_parents() {
-        assert_eq!(pod_cgroups_path("", "c1").unwrap(), None);
+        assert_eq!(pod_cgroups_path("", "c1", false).unwrap(), None);
         assert_eq!(
-            pod_cgroups_path("/kubepods/burstable/pod12", "c1").unwrap(),
+            pod_cgroups_path("/kubepods/burstable/pod12", "c1", false).unwrap(),
             Some("/kubepods/burstable/pod12/c1".into())
         );
         assert_eq!(
-            pod_cgroups_path("kubepods/pod12/", "c1").unwrap(),
+            pod_cgroups_path("kubepods/pod12/", "c1", false).unwrap(),
             Some("/kubepods/pod12/c1".into())
         );
         assert_eq!(
-            pod_cgroups_path("kubepods-burstable-pod12_ab.slice", "c1").unwrap(),
+            pod_cgroups_path("kubepods-burstable-pod12_ab.slice", "c1", false).unwrap(),
             Some(
                 "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_ab.slice/c1"
                     .into()
             )
         );
         assert_eq!(
-            pod_cgroups_path("-.slice", "c1").unwrap(),
+            pod_cgroups_path("-.slice", "c1", false).unwrap(),
             Some("/c1".into())
         );
         for bad in [
@@ -448,7 +566,24 @@ mod tests {
             "/x y",
             "/a/./b",
         ] {
-            assert!(pod_cgroups_path(bad, "c1").is_err(), "{bad}");
+            assert!(pod_cgroups_path(bad, "c1", false).is_err(), "{bad}");
+        }
+        // The systemd driver: a scope in the pod's slice, or in system.slice.
+        assert_eq!(
+            pod_cgroups_path("kubepods-burstable-pod12_ab.slice", "c1", true).unwrap(),
+            Some("kubepods-burstable-pod12_ab.slice:sup:c1".into())
+        );
+        assert_eq!(
+            pod_cgroups_path("", "c1", true).unwrap(),
+            Some("system.slice:sup:c1".into())
+        );
+        for bad in [
+            "/kubepods/burstable/pod12",
+            "a--b.slice",
+            "kubepods",
+            "x:y.slice",
+        ] {
+            assert!(pod_cgroups_path(bad, "c1", true).is_err(), "{bad}");
         }
     }
 

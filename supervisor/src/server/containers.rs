@@ -88,6 +88,7 @@ pub fn overrides_in(c: api::ContainerConfig) -> Overrides {
             .map(|r| (r.r#type, r.soft, r.hard))
             .collect(),
         annotations: c.annotations.into_iter().collect(),
+        systemd_cgroup: c.systemd_cgroup,
     }
 }
 

@@ -91,6 +91,7 @@ pub async fn serve_with(
         .map_err(|e| Error::internal(format!("reflection service: {e}")))?;
 
     let s = &services;
+    let cri = crate::cri::Cri::new(s.clone(), cri_config)?;
     tonic::transport::Server::builder()
         .trace_fn(|req| {
             let ns = req
@@ -126,12 +127,9 @@ pub async fn serve_with(
         .add_service(GcServer::new(leases::GcApi(s.clone())))
         // The Kubernetes CRI, in namespace "k8s.io" over the same services.
         .add_service(
-            RuntimeServiceServer::new(crate::cri::runtime::CriRuntime::new(crate::cri::Cri::new(
-                s.clone(),
-                cri_config,
-            )))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
+            RuntimeServiceServer::new(crate::cri::runtime::CriRuntime::new(cri))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             ImageServiceServer::new(crate::cri::image::CriImages::new(s.clone()))

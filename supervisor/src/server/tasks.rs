@@ -89,6 +89,7 @@ fn metrics_out(id: &str, stats: &serde_json::Value) -> api::TaskMetrics {
             usage_kernel: u(d, "/cpu/usage/kernel"),
             throttled_periods: u(d, "/cpu/throttling/throttledPeriods"),
             throttled_time: u(d, "/cpu/throttling/throttledTime"),
+            pressure: pressure(d, "/cpu/psi"),
         }),
         memory: Some(api::MemoryStats {
             usage: u(d, "/memory/usage/usage"),
@@ -98,13 +99,34 @@ fn metrics_out(id: &str, stats: &serde_json::Value) -> api::TaskMetrics {
             cache: u(d, "/memory/raw/cache").max(u(d, "/memory/raw/file")),
             // sup-shim's own count; runc's document has none.
             oom_kills: u(d, "/memory/oomKills").max(u(d, "/memory/raw/oom_kill")),
+            pressure: pressure(d, "/memory/psi"),
         }),
         pids: Some(api::PidsStats {
             current: u(d, "/pids/current"),
             limit: u(d, "/pids/limit"),
         }),
-        io: Some(io),
+        io: Some(api::IoStats {
+            pressure: pressure(d, "/blkio/psi"),
+            ..io
+        }),
     }
+}
+
+/// The stats document's `psi` object at `at` (runc 1.2's shape), if there is one.
+fn pressure(d: &serde_json::Value, at: &str) -> Option<api::Pressure> {
+    let p = d.pointer(at)?;
+    let f = |k: &str| p.pointer(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let n = |k: &str| p.pointer(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    Some(api::Pressure {
+        some_avg10: f("/some/avg10"),
+        some_avg60: f("/some/avg60"),
+        some_avg300: f("/some/avg300"),
+        some_total: n("/some/total"),
+        full_avg10: f("/full/avg10"),
+        full_avg60: f("/full/avg60"),
+        full_avg300: f("/full/avg300"),
+        full_total: n("/full/total"),
+    })
 }
 
 fn delete_out(id: &str, p: &ProcessStatus) -> api::DeleteResponse {

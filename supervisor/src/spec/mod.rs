@@ -72,6 +72,8 @@ pub struct Overrides {
     /// (type, soft, hard): "RLIMIT_NOFILE" or "nofile".
     pub rlimits: Vec<(String, u64, u64)>,
     pub annotations: BTreeMap<String, String>,
+    /// A systemd scope rather than a cgroup of sup's own (see `cgroup_path`).
+    pub systemd_cgroup: bool,
 }
 
 /// One caller mount.
@@ -172,7 +174,7 @@ pub fn generate(
     linux
         .set_namespaces(Some(namespaces(o.host_network)?))
         .set_resources(Some(res))
-        .set_cgroups_path(Some(cgroup_path(ns, id).into()))
+        .set_cgroups_path(Some(cgroup_path(ns, id, o.systemd_cgroup).into()))
         .set_uid_mappings(None)
         .set_gid_mappings(None)
         .set_devices(None);
@@ -281,8 +283,29 @@ pub fn resources(
 
 /// The cgroup path sup gives a container: "/sup/<ns>/<id>" (cgroupfs layout, works with runc
 /// on cgroup v1 and v2).
-pub fn cgroup_path(ns: &str, id: &str) -> String {
-    format!("/sup/{ns}/{id}")
+/// `/sup/<ns>/<id>`, made by the runtime in the cgroup filesystem; or, for the runtime's
+/// systemd driver, `system.slice:sup-<ns>:<id>`, the scope `sup-<ns>-<id>.scope` in
+/// `system.slice`.
+pub fn cgroup_path(ns: &str, id: &str, systemd: bool) -> String {
+    if systemd {
+        format!("system.slice:sup-{ns}:{id}")
+    } else {
+        format!("/sup/{ns}/{id}")
+    }
+}
+
+/// Whether `path` is in the systemd driver's `slice:prefix:name` form (the slice may be
+/// empty, for the runtime's default): the task is then run with that driver.
+pub fn is_systemd_cgroups_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split(':').collect();
+    match parts[..] {
+        [slice, _, name] => {
+            !path.contains('/')
+                && !name.is_empty()
+                && (slice.is_empty() || slice.ends_with(".slice"))
+        }
+        _ => false,
+    }
 }
 
 /// Builders fail only on what this module set itself, so a failure is a bug here.

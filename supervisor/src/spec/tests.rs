@@ -600,7 +600,22 @@ fn bad_overrides() {
 
 #[test]
 fn cgroup_paths() {
-    assert_eq!(cgroup_path("k8s.io", "abc"), "/sup/k8s.io/abc");
+    assert_eq!(cgroup_path("k8s.io", "abc", false), "/sup/k8s.io/abc");
+    let scope = cgroup_path("k8s.io", "abc", true);
+    assert_eq!(scope, "system.slice:sup-k8s.io:abc");
+    assert!(is_systemd_cgroups_path(&scope));
+    assert!(is_systemd_cgroups_path("kubepods-pod1.slice:sup:c1"));
+    assert!(is_systemd_cgroups_path(":sup:c1"));
+    for not in [
+        "/sup/k8s.io/abc",
+        "a:b",
+        "x.slice:sup:",
+        "a/b.slice:sup:c",
+        "web:sup:c",
+        "a:b:c:d",
+    ] {
+        assert!(!is_systemd_cgroups_path(not), "{not}");
+    }
 }
 
 #[test]

@@ -311,6 +311,10 @@ impl Services {
             .pointer("/process/terminal")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+        let systemd_cgroup = spec
+            .pointer("/linux/cgroupsPath")
+            .and_then(|v| v.as_str())
+            .is_some_and(crate::spec::is_systemd_cgroups_path);
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)
             .map_err(|e| Error::io("writing config.json", e))?;
 
@@ -348,6 +352,7 @@ impl Services {
                 cri_log_path: cri_log_path
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                systemd_cgroup,
             })
             .await
             .map_err(|s| runtime_refusal(from_status(&format!("creating task {id:?}"), s)))?
@@ -819,8 +824,18 @@ impl Services {
     }
 
     pub async fn task_update(&self, ns: &str, id: &str, r: &api::Resources) -> Result<()> {
-        let task = self.task(ns, id)?;
         let res = crate::spec::resources(r.memory_limit, r.cpus, r.cpu_shares, r.pids_limit)?;
+        self.task_update_resources(ns, id, &res).await
+    }
+
+    /// Sets a running task's resources to `res` (what it leaves unset stays as it is).
+    pub async fn task_update_resources(
+        &self,
+        ns: &str,
+        id: &str,
+        res: &oci_spec::runtime::LinuxResources,
+    ) -> Result<()> {
+        let task = self.task(ns, id)?;
         task.client()
             .update(sp::UpdateRequest {
                 resources: serde_json::to_vec(&res)?,
