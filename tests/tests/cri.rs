@@ -189,6 +189,65 @@ async fn pod_lifecycle_with_cni_network() {
     assert_clean(&mut env).await;
 }
 
+/// The first RunPodSandbox builds and imports the pause image. Collections running all the
+/// while must neither sweep what that import has written before an image names it nor fail
+/// the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_during_the_first_pod_start() {
+    let mut env = CriEnv::start().await;
+    let client = env.daemon.client_ns("k8s.io").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (stop, client) = (stop.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                client
+                    .gc()
+                    .collect(sup_proto::v1::CollectRequest {})
+                    .await
+                    .expect("Collect");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let log_dir = env.log_dir("gcrace");
+    let pod = env.run_pod(pod_config("gcrace", &log_dir, true)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = collector.await.expect("collector");
+    assert!(rounds > 0, "no collection ran during RunPodSandbox");
+    assert_eq!(
+        env.pod_status(&pod).await.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    // What the pause image is made of is rooted now: one more collection keeps it.
+    client
+        .gc()
+        .collect(sup_proto::v1::CollectRequest {})
+        .await
+        .expect("Collect");
+    let images = env
+        .images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    assert!(
+        images.iter().any(|i| i
+            .repo_tags
+            .iter()
+            .any(|t| t.starts_with("sup.local/pause:"))),
+        "the pause image is gone: {images:?}"
+    );
+    env.remove_pod(&pod).await;
+    // A second pod starts from the image the first import left.
+    let again = env.run_pod(pod_config("gcrace2", &log_dir, true)).await;
+    env.remove_pod(&again).await;
+    assert_clean(&mut env).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_pod() {
     let mut env = CriEnv::start().await;

@@ -60,25 +60,28 @@ pub async fn ensure_image(services: &Arc<Services>) -> Result<String> {
     if services.image_get(NAMESPACE, &name).is_ok() {
         return Ok(name);
     }
-    let this = services.clone();
-    let n = name.clone();
-    let imported = tokio::task::spawn_blocking(move || -> Result<_> {
-        let archive = build_archive(&pause_binary()?)?;
-        let opts = ImportOptions {
-            name: Some(n),
-            unpack: true,
-            ..Default::default()
-        };
-        this.import_blocking(NAMESPACE, &opts, &mut Cursor::new(archive), &|_| {})
-    })
-    .await
-    .map_err(|e| Error::internal(format!("building the pause image: {e}")))?
-    .map_err(|e| e.context("building the pause image"))?;
-    if !imported.replaced.is_empty() {
-        services.release(NAMESPACE, &imported.replaced).await?;
-    }
+    import_builtin(services, &name, pause_binary()?).await?;
     tracing::info!(image = %name, "built the pause image");
     Ok(name)
+}
+
+/// Builds the image from `binary` and imports it as `name`, through the import path every
+/// other import takes (so under the GC lock).
+async fn import_builtin(services: &Arc<Services>, name: &str, binary: PathBuf) -> Result<()> {
+    let archive = tokio::task::spawn_blocking(move || build_archive(&binary))
+        .await
+        .map_err(|e| Error::internal(format!("building the pause image: {e}")))?
+        .map_err(|e| e.context("building the pause image"))?;
+    let opts = ImportOptions {
+        name: Some(name.to_string()),
+        unpack: true,
+        ..Default::default()
+    };
+    services
+        .image_import(NAMESPACE, opts, Cursor::new(archive), |_| {})
+        .await
+        .map_err(|e| e.context("importing the pause image"))?;
+    Ok(())
 }
 
 /// The sandbox image to use: `configured` when set (pulled if absent), else the built-in.
@@ -247,6 +250,32 @@ fn build_archive(binary: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_pause_import_waits_for_a_collection_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            default_snapshotter: "native".into(),
+            ..Default::default()
+        };
+        let services = Arc::new(crate::daemon::open_services(&cfg).unwrap());
+        let name = "sup.local/pause:gc-test";
+        let collecting = services.gc_lock.write().await;
+        let s = services.clone();
+        let import =
+            tokio::spawn(async move { import_builtin(&s, name, PathBuf::from("/bin/true")).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            !import.is_finished(),
+            "imported while a collection held the lock"
+        );
+        assert!(services.image_get(NAMESPACE, name).is_err());
+        drop(collecting);
+        import.await.unwrap().unwrap();
+        services.image_get(NAMESPACE, name).unwrap();
+    }
 
     #[test]
     fn ldd_output_gives_library_paths() {

@@ -301,39 +301,28 @@ impl Images for ImagesApi {
 
         let services = self.0.clone();
         tokio::spawn(async move {
-            let gc = services.clone();
-            let _importing = gc.gc_lock.read().await;
-            let tx = out_tx.clone();
-            let count = received.clone();
-            let job = tokio::task::spawn_blocking(move || {
-                let mut reader = ChunkReader {
-                    rx: data_rx,
-                    buf: Vec::new(),
-                    pos: 0,
-                };
-                let report = |ev: ImportEvent| {
-                    let ImportEvent::Unpacking {
-                        layer,
-                        index,
-                        count: n,
-                    } = ev;
-                    let _ = tx.blocking_send(Ok(progress_msg(api::ImportProgress {
-                        stage: "unpacking".into(),
-                        bytes_received: count.load(Ordering::Relaxed),
-                        layer,
-                        layer_index: index as i32,
-                        layer_count: n as i32,
-                    })));
-                };
-                let r = services.import_blocking(&ns, &opts, &mut reader, &report);
-                (services, ns, r)
-            })
-            .await;
-            let msg = match job {
-                Ok((services, ns, Ok(imported))) => {
-                    if let Err(e) = services.release(&ns, &imported.replaced).await {
-                        tracing::warn!(error = %e, "cannot release replaced image content");
-                    }
+            let reader = ChunkReader {
+                rx: data_rx,
+                buf: Vec::new(),
+                pos: 0,
+            };
+            let (tx, count) = (out_tx.clone(), received.clone());
+            let report = move |ev: ImportEvent| {
+                let ImportEvent::Unpacking {
+                    layer,
+                    index,
+                    count: n,
+                } = ev;
+                let _ = tx.blocking_send(Ok(progress_msg(api::ImportProgress {
+                    stage: "unpacking".into(),
+                    bytes_received: count.load(Ordering::Relaxed),
+                    layer,
+                    layer_index: index as i32,
+                    layer_count: n as i32,
+                })));
+            };
+            let msg = match services.image_import(&ns, opts, reader, report).await {
+                Ok(images) => {
                     let _ = out_tx
                         .send(Ok(progress_msg(api::ImportProgress {
                             stage: "done".into(),
@@ -343,12 +332,11 @@ impl Images for ImagesApi {
                         .await;
                     Ok(api::ImportResponse {
                         payload: Some(api::import_response::Payload::Result(api::ImportResult {
-                            images: imported.images.iter().map(image_out).collect(),
+                            images: images.iter().map(image_out).collect(),
                         })),
                     })
                 }
-                Ok((_, _, Err(e))) => Err(status(e)),
-                Err(e) => Err(status(Error::from(e))),
+                Err(e) => Err(status(e)),
             };
             let _ = out_tx.send(msg).await;
         });

@@ -127,9 +127,37 @@ struct DockerEntry {
 }
 
 impl Services {
-    /// Imports an archive read from `input` (blocking). Progress is reported through
-    /// `progress`.
-    pub fn import_blocking(
+    /// Imports an archive read from `input`, the way every caller must: under the GC lock
+    /// (held for reading, so a collection cannot sweep blobs and snapshots the import has
+    /// written but no image names yet), on a blocking thread, and releasing afterwards the
+    /// content of the images it replaced. Progress is reported through `progress`, on that
+    /// thread.
+    pub async fn image_import<R, P>(
+        self: &Arc<Self>,
+        ns: &str,
+        opts: ImportOptions,
+        mut input: R,
+        progress: P,
+    ) -> Result<Vec<Image>>
+    where
+        R: Read + Send + 'static,
+        P: Fn(ImportEvent) + Send + Sync + 'static,
+    {
+        let _importing = self.gc_lock.read().await;
+        let (this, n) = (self.clone(), ns.to_string());
+        let imported = tokio::task::spawn_blocking(move || {
+            this.import_blocking(&n, &opts, &mut input, &progress)
+        })
+        .await??;
+        if let Err(e) = self.release(ns, &imported.replaced).await {
+            tracing::warn!(error = %e, "cannot release replaced image content");
+        }
+        Ok(imported.images)
+    }
+
+    /// Imports an archive read from `input` (blocking), with the GC lock already held by the
+    /// caller. Progress is reported through `progress`.
+    fn import_blocking(
         &self,
         ns: &str,
         opts: &ImportOptions,
