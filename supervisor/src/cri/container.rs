@@ -4,15 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
+use oci_spec::runtime::LinuxNamespaceType as NsType;
 use sup_proto::v1 as api;
 
-use super::overrides::{add_groups, overrides};
+use super::overrides::overrides;
 use super::records::{resolve, ContainerRecord, SandboxRecord};
 use super::sandbox::{cgroup_parent, namespace_options};
 use super::spec::{self as cspec, Ns};
 use super::{Cri, LABEL_KIND, LABEL_SANDBOX, NAMESPACE};
 use crate::error::{Error, Result};
-use crate::service::containers::NewContainer;
+use crate::service::containers::{NewContainer, SpecEdit};
 
 /// The exit code of a container whose exit status was lost with its shim.
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
@@ -93,27 +94,6 @@ impl Cri {
         pause_pid: u32,
     ) -> Result<()> {
         let config = &rec.config;
-        super::overrides::make_missing_sources(config)?;
-        let overrides = overrides(config, sandbox, &self.sandbox_dir(&sandbox.id))?;
-        let labels = [
-            (LABEL_KIND.to_string(), "container".to_string()),
-            (LABEL_SANDBOX.to_string(), sandbox.id.clone()),
-        ]
-        .into();
-        let created = self
-            .services
-            .container_create(
-                NAMESPACE,
-                NewContainer {
-                    id: rec.id.clone(),
-                    image: rec.image.clone(),
-                    labels,
-                    overrides,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let mut spec = created.spec.clone();
         let linux = config.linux.clone().unwrap_or_default();
         let sec = linux.security_context.clone().unwrap_or_default();
         let res = linux.resources.clone().unwrap_or_default();
@@ -143,54 +123,55 @@ impl Cri {
             }
             _ => of_pause("pid"),
         };
-        cspec::set_namespaces(
-            &mut spec,
-            &[
-                ("network", network),
-                ("pid", pid),
-                ("ipc", pinned(&sandbox.ipcns, pod.ipc == node, "ipc")),
-                ("uts", pinned(&sandbox.utsns, pod.network == node, "uts")),
-            ],
-        )?;
-        // The pod's host name lives in its pinned UTS namespace (or is the host's).
-        if let Some(o) = spec.as_object_mut() {
-            o.remove("hostname");
-        }
-        let systemd = self.config.systemd_cgroup;
-        if let Some(path) =
-            cspec::pod_cgroups_path(cgroup_parent(&sandbox.config), &rec.id, systemd)?
-        {
-            cspec::set_cgroups_path(&mut spec, &path)?;
-        }
-        if let Some(p) = super::overrides::rootfs_propagation(config) {
-            spec["linux"]["rootfsPropagation"] = serde_json::json!(p);
-        }
-        add_groups(&mut spec, &sec.supplemental_groups)?;
-        cspec::set_cpu_quota(&mut spec, res.cpu_quota, res.cpu_period)?;
-        cspec::set_more_resources(&mut spec, &res)?;
-        cspec::set_oom_score_adj(&mut spec, res.oom_score_adj);
-        cspec::add_devices(&mut spec, &config.devices)?;
         // Older kubelets still name the profile in the deprecated string field.
         #[allow(deprecated)]
         let legacy = sec.seccomp_profile_path.clone();
-        let caps: Vec<String> = spec
-            .pointer("/process/capabilities/bounding")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(filter) = cspec::seccomp(sec.seccomp.as_ref(), &legacy, &caps)? {
-            if !sec.privileged {
-                spec["linux"]["seccomp"] = filter;
-            }
-        }
-        let mut c = created;
-        c.spec = spec;
+        let seccomp = super::seccomp::filter(sec.seccomp.as_ref(), &legacy)?;
+        let systemd = self.config.systemd_cgroup;
+        let additions = cspec::Additions {
+            namespaces: Some(vec![
+                (NsType::Network, network),
+                (NsType::Pid, pid),
+                (NsType::Ipc, pinned(&sandbox.ipcns, pod.ipc == node, "ipc")),
+                (
+                    NsType::Uts,
+                    pinned(&sandbox.utsns, pod.network == node, "uts"),
+                ),
+            ]),
+            // The pod's host name lives in its pinned UTS namespace (or is the host's).
+            no_hostname: true,
+            oom_score_adj: Some(cspec::oom_score_adj(res.oom_score_adj)),
+            cgroups_path: cspec::pod_cgroups_path(
+                cgroup_parent(&sandbox.config),
+                &rec.id,
+                systemd,
+            )?,
+            rootfs_propagation: super::overrides::rootfs_propagation(config).map(String::from),
+            groups: cspec::groups(&sec.supplemental_groups)?,
+            resources: cspec::MoreResources::of(&res)?,
+            devices: cspec::devices(&config.devices)?,
+            seccomp: seccomp.filter(|_| !sec.privileged),
+            ..Default::default()
+        };
+        super::overrides::make_missing_sources(config)?;
+        let overrides = overrides(config, sandbox, &self.sandbox_dir(&sandbox.id))?;
+        let labels = [
+            (LABEL_KIND.to_string(), "container".to_string()),
+            (LABEL_SANDBOX.to_string(), sandbox.id.clone()),
+        ]
+        .into();
         self.services
-            .container_update(NAMESPACE, c, &["spec".to_string()])
+            .container_create(
+                NAMESPACE,
+                NewContainer {
+                    id: rec.id.clone(),
+                    image: rec.image.clone(),
+                    labels,
+                    overrides,
+                    edit: SpecEdit::new(move |spec| additions.apply(spec)),
+                    ..Default::default()
+                },
+            )
             .await?;
         Ok(())
     }
@@ -495,38 +476,32 @@ impl Cri {
             0.0
         };
         let shares = u64::try_from(r.cpu_shares).unwrap_or(0);
+        let more = cspec::MoreResources::of(r)?;
+        let new = crate::spec::resources(r.memory_limit_in_bytes, cpus, shares, 0)?;
         // The stored spec first, so a task started later gets the new limits too.
         let mut c = self.services.container_get(NAMESPACE, &id)?;
-        let new = crate::spec::resources(r.memory_limit_in_bytes, cpus, shares, 0)?;
-        let new = serde_json::to_value(&new)?;
-        if let (Some(old), Some(new)) = (
-            c.spec
-                .pointer_mut("/linux/resources")
-                .and_then(|v| v.as_object_mut()),
-            new.as_object(),
-        ) {
-            for (k, v) in new {
-                if !v.is_null() {
-                    old.insert(k.clone(), v.clone());
-                }
-            }
+        let mut spec: oci_spec::runtime::Spec = serde_json::from_value(c.spec.clone())
+            .map_err(|e| Error::internal(format!("container {id:?}: stored spec: {e}")))?;
+        let resources = spec
+            .linux_mut()
+            .as_mut()
+            .ok_or_else(|| Error::internal(format!("container {id:?}: stored spec: no linux")))?
+            .resources_mut()
+            .get_or_insert_with(Default::default);
+        if new.memory().is_some() {
+            resources.set_memory(*new.memory());
         }
-        cspec::set_more_resources(&mut c.spec, r)?;
+        if new.cpu().is_some() {
+            resources.set_cpu(new.cpu().clone());
+        }
+        more.apply(resources);
         // The running task gets what an update may change: memory, CPU, cgroup v2 files.
-        let mut changed = serde_json::Map::new();
-        if let Some(all) = c
-            .spec
-            .pointer("/linux/resources")
-            .and_then(|v| v.as_object())
-        {
-            for key in ["memory", "cpu", "unified"] {
-                if let Some(v) = all.get(key) {
-                    changed.insert(key.to_string(), v.clone());
-                }
-            }
-        }
-        let changed: oci_spec::runtime::LinuxResources =
-            serde_json::from_value(serde_json::Value::Object(changed))?;
+        let mut changed = oci_spec::runtime::LinuxResources::default();
+        changed
+            .set_memory(*resources.memory())
+            .set_cpu(resources.cpu().clone())
+            .set_unified(resources.unified().clone());
+        c.spec = serde_json::to_value(&spec)?;
         self.services
             .container_update(NAMESPACE, c, &["spec".to_string()])
             .await?;

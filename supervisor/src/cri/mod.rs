@@ -22,6 +22,7 @@ pub mod pause;
 pub mod records;
 pub mod runtime;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 pub mod stats;
 pub mod stream;

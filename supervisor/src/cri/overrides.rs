@@ -30,32 +30,6 @@ pub fn user_of(sec: &cri::LinuxContainerSecurityContext) -> Result<String> {
     })
 }
 
-/// Adds the security context's supplemental groups to the process's.
-pub fn add_groups(spec: &mut serde_json::Value, groups: &[i64]) -> Result<()> {
-    if groups.is_empty() {
-        return Ok(());
-    }
-    let Some(user) = spec
-        .pointer_mut("/process/user")
-        .and_then(|u| u.as_object_mut())
-    else {
-        return Err(Error::internal("generated spec: no process user"));
-    };
-    let mut gids: Vec<u32> = user
-        .get("additionalGids")
-        .and_then(|g| serde_json::from_value(g.clone()).ok())
-        .unwrap_or_default();
-    for g in groups {
-        let g = u32::try_from(*g)
-            .map_err(|_| Error::invalid(format!("supplemental group {g}: not a valid gid")))?;
-        if !gids.contains(&g) {
-            gids.push(g);
-        }
-    }
-    user.insert("additionalGids".into(), serde_json::json!(gids));
-    Ok(())
-}
-
 /// The bind option for a mount's propagation. Mounts made on the host below the source reach
 /// the container only when the source's mount is shared or a slave; mounts made in the
 /// container reach the host only when it is shared: anything else is refused rather than
@@ -213,13 +187,5 @@ mod tests {
         assert_eq!(user_of(&sec).unwrap(), "1000:50");
         sec.run_as_username = "nobody".into();
         assert_eq!(user_of(&sec).unwrap(), "nobody:50");
-        let mut spec =
-            serde_json::json!({"process": {"user": {"uid": 0, "gid": 0, "additionalGids": [10]}}});
-        add_groups(&mut spec, &[10, 20]).unwrap();
-        assert_eq!(
-            spec["process"]["user"]["additionalGids"],
-            serde_json::json!([10, 20])
-        );
-        assert!(add_groups(&mut spec, &[-1]).is_err());
     }
 }

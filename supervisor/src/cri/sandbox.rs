@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use k8s_cri::v1 as cri;
+use oci_spec::runtime::LinuxNamespaceType as NsType;
 use sup_proto::v1 as api;
 
 use super::netns::NsKind;
@@ -13,7 +14,7 @@ use super::records::{resolve, SandboxRecord};
 use super::spec::{self as cspec, Ns};
 use super::{network, Cri, LABEL_KIND, NAMESPACE};
 use crate::error::{Error, Result};
-use crate::service::containers::NewContainer;
+use crate::service::containers::{NewContainer, SpecEdit};
 use crate::spec::{MountSpec, Overrides};
 
 /// The namespace options of a sandbox config (all POD when unset).
@@ -189,21 +190,6 @@ impl Cri {
             annotations,
             ..Default::default()
         };
-        let labels = [(LABEL_KIND.to_string(), "sandbox".to_string())].into();
-        let created = self
-            .services
-            .container_create(
-                NAMESPACE,
-                NewContainer {
-                    id: rec.id.clone(),
-                    image,
-                    labels,
-                    overrides,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let mut spec = created.spec.clone();
         let network = match &rec.netns {
             Some(p) => Ns::Path(p.to_string_lossy().into_owned()),
             None => Ns::Host,
@@ -213,34 +199,38 @@ impl Cri {
             Some(p) => Ns::Path(p.to_string_lossy().into_owned()),
             None => Ns::Host,
         };
-        cspec::set_namespaces(
-            &mut spec,
-            &[
-                ("network", network),
-                ("pid", host_or_new(opts.pid)),
-                ("ipc", pinned_or_host(&rec.ipcns)),
-                // The runtime sets the pod's host name inside this joined namespace.
-                ("uts", pinned_or_host(&rec.utsns)),
-            ],
-        )?;
-        if rec.utsns.is_none() {
-            // No UTS namespace of the pod's own: the runtime cannot set a host name.
-            if let Some(o) = spec.as_object_mut() {
-                o.remove("hostname");
-            }
-        }
-        if let Some(l) = &rec.config.linux {
-            cspec::set_sysctls(&mut spec, &l.sysctls)?;
-        }
-        cspec::set_oom_score_adj(&mut spec, -998);
         let systemd = self.config.systemd_cgroup;
-        if let Some(path) = cspec::pod_cgroups_path(cgroup_parent(&rec.config), &rec.id, systemd)? {
-            cspec::set_cgroups_path(&mut spec, &path)?;
-        }
-        let mut c = created;
-        c.spec = spec;
+        let additions = cspec::Additions {
+            namespaces: Some(vec![
+                (NsType::Network, network),
+                (NsType::Pid, host_or_new(opts.pid)),
+                (NsType::Ipc, pinned_or_host(&rec.ipcns)),
+                // The runtime sets the pod's host name inside this joined namespace.
+                (NsType::Uts, pinned_or_host(&rec.utsns)),
+            ]),
+            // No UTS namespace of the pod's own: the runtime cannot set a host name.
+            no_hostname: rec.utsns.is_none(),
+            sysctls: match &rec.config.linux {
+                Some(l) => cspec::sysctls(&l.sysctls)?,
+                None => Default::default(),
+            },
+            oom_score_adj: Some(cspec::oom_score_adj(-998)),
+            cgroups_path: cspec::pod_cgroups_path(cgroup_parent(&rec.config), &rec.id, systemd)?,
+            ..Default::default()
+        };
+        let labels = [(LABEL_KIND.to_string(), "sandbox".to_string())].into();
         self.services
-            .container_update(NAMESPACE, c, &["spec".to_string()])
+            .container_create(
+                NAMESPACE,
+                NewContainer {
+                    id: rec.id.clone(),
+                    image,
+                    labels,
+                    overrides,
+                    edit: SpecEdit::new(move |spec| additions.apply(spec)),
+                    ..Default::default()
+                },
+            )
             .await?;
 
         self.services.task_create(NAMESPACE, &rec.id, false).await?;

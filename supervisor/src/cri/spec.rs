@@ -1,16 +1,20 @@
-//! Adjustments the CRI makes to a generated OCI spec (as JSON): the namespaces a pod shares,
-//! sysctls, the OOM score, CPU quota, devices, seccomp profiles, and the pod's resolv.conf.
+//! What the CRI adds to the OCI spec sup generates for a pod's pause or a container: the
+//! namespaces a pod shares, sysctls, the cgroup, the OOM score, resources beyond sup's own
+//! (CPU quota, swap, cpusets, cgroup v2 files), devices, groups and seccomp; and the pod's
+//! resolv.conf. All of it is computed and checked before anything is made ([`Additions`]),
+//! then applied to the typed spec inside `container_create`, which writes the container once.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
-use serde_json::{json, Map, Value};
+use oci_spec::runtime::{
+    LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespace,
+    LinuxNamespaceType, LinuxResources, Spec,
+};
 
+use super::seccomp::Filter;
 use crate::error::{Error, Result};
-
-/// Largest seccomp profile file read.
-const MAX_PROFILE: u64 = 1 << 20;
 
 /// Where a process gets one kind of namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,27 +27,103 @@ pub enum Ns {
     Host,
 }
 
-fn linux(spec: &mut Value) -> Result<&mut Map<String, Value>> {
-    if !spec.get("linux").is_some_and(Value::is_object) {
-        spec["linux"] = json!({});
-    }
-    spec["linux"]
-        .as_object_mut()
-        .ok_or_else(|| Error::internal("generated spec: linux is not an object"))
+/// Everything the CRI lays over a generated spec, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Additions {
+    /// Replaces the spec's namespaces: a new mount namespace, then these.
+    pub namespaces: Option<Vec<(LinuxNamespaceType, Ns)>>,
+    /// The host name is the pod's UTS namespace's (or the host's): the runtime sets none.
+    pub no_hostname: bool,
+    pub sysctls: HashMap<String, String>,
+    pub oom_score_adj: Option<i32>,
+    pub cgroups_path: Option<String>,
+    pub rootfs_propagation: Option<String>,
+    /// Supplemental groups, added to the process user's.
+    pub groups: Vec<u32>,
+    pub resources: MoreResources,
+    /// Device nodes and the cgroup rules that let the container use them.
+    pub devices: Vec<(LinuxDevice, LinuxDeviceCgroup)>,
+    pub seccomp: Option<Filter>,
 }
 
-/// Replaces the spec's namespaces: a new mount namespace always, the rest as given.
-pub fn set_namespaces(spec: &mut Value, kinds: &[(&str, Ns)]) -> Result<()> {
-    let mut list = vec![json!({"type": "mount"})];
-    for (kind, ns) in kinds {
-        match ns {
-            Ns::New => list.push(json!({ "type": kind })),
-            Ns::Path(p) => list.push(json!({ "type": kind, "path": p })),
-            Ns::Host => {}
+impl Additions {
+    /// Lays the additions over `spec`.
+    pub fn apply(&self, spec: &mut Spec) -> Result<()> {
+        if self.no_hostname {
+            spec.set_hostname(None);
         }
+        let process = spec
+            .process_mut()
+            .as_mut()
+            .ok_or_else(|| Error::internal("generated spec: no process"))?;
+        if let Some(adj) = self.oom_score_adj {
+            process.set_oom_score_adj(Some(adj));
+        }
+        if !self.groups.is_empty() {
+            let user = process.user_mut();
+            let mut gids = user.additional_gids().clone().unwrap_or_default();
+            for g in &self.groups {
+                if !gids.contains(g) {
+                    gids.push(*g);
+                }
+            }
+            user.set_additional_gids(Some(gids));
+        }
+        let capabilities: Vec<String> = process
+            .capabilities()
+            .as_ref()
+            .and_then(|c| c.bounding().as_ref())
+            .map(|set| {
+                set.iter()
+                    .filter_map(|c| serde_json::to_value(c).ok())
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let linux = spec
+            .linux_mut()
+            .as_mut()
+            .ok_or_else(|| Error::internal("generated spec: no linux section"))?;
+        if let Some(kinds) = &self.namespaces {
+            let mut list = vec![namespace(LinuxNamespaceType::Mount, None)];
+            for (kind, ns) in kinds {
+                match ns {
+                    Ns::New => list.push(namespace(*kind, None)),
+                    Ns::Path(p) => list.push(namespace(*kind, Some(p))),
+                    Ns::Host => {}
+                }
+            }
+            linux.set_namespaces(Some(list));
+        }
+        if !self.sysctls.is_empty() {
+            linux.set_sysctl(Some(self.sysctls.clone()));
+        }
+        if let Some(path) = &self.cgroups_path {
+            linux.set_cgroups_path(Some(PathBuf::from(path)));
+        }
+        if let Some(p) = &self.rootfs_propagation {
+            linux.set_rootfs_propagation(Some(p.clone()));
+        }
+        if let Some(filter) = &self.seccomp {
+            linux.set_seccomp(Some(filter.resolve(&capabilities)?));
+        }
+        let resources = linux.resources_mut().get_or_insert_with(Default::default);
+        self.resources.apply(resources);
+        if !self.devices.is_empty() {
+            let rules = resources.devices_mut().get_or_insert_with(Vec::new);
+            rules.extend(self.devices.iter().map(|(_, rule)| rule.clone()));
+            let nodes = linux.devices_mut().get_or_insert_with(Vec::new);
+            nodes.extend(self.devices.iter().map(|(node, _)| node.clone()));
+        }
+        Ok(())
     }
-    linux(spec)?.insert("namespaces".into(), Value::Array(list));
-    Ok(())
+}
+
+fn namespace(kind: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(kind);
+    ns.set_path(path.map(PathBuf::from));
+    ns
 }
 
 /// Longest cgroup parent taken.
@@ -124,18 +204,8 @@ fn slice_path(name: &str) -> Option<String> {
     Some(path)
 }
 
-/// Puts the process in cgroup `path` (see `pod_cgroups_path`).
-pub fn set_cgroups_path(spec: &mut Value, path: &str) -> Result<()> {
-    linux(spec)?.insert("cgroupsPath".into(), json!(path));
-    Ok(())
-}
-
 /// The pod's sysctls, checked: names are dotted or slashed kernel keys, values have no NUL.
-pub fn set_sysctls(spec: &mut Value, sysctls: &HashMap<String, String>) -> Result<()> {
-    if sysctls.is_empty() {
-        return Ok(());
-    }
-    let mut map = Map::new();
+pub fn sysctls(sysctls: &HashMap<String, String>) -> Result<HashMap<String, String>> {
     for (k, v) in sysctls {
         let ok = !k.is_empty()
             && k.len() <= 256
@@ -148,10 +218,8 @@ pub fn set_sysctls(spec: &mut Value, sysctls: &HashMap<String, String>) -> Resul
                 crate::error::printable(k)
             )));
         }
-        map.insert(k.clone(), Value::String(v.clone()));
     }
-    linux(spec)?.insert("sysctl".into(), Value::Object(map));
-    Ok(())
+    Ok(sysctls.clone())
 }
 
 /// The daemon's own OOM score adjustment: a process cannot get a lower one without
@@ -163,54 +231,23 @@ pub fn own_oom_score_adj() -> i64 {
         .unwrap_or(0)
 }
 
-/// Sets process.oomScoreAdj, never below the daemon's own (see `own_oom_score_adj`).
-pub fn set_oom_score_adj(spec: &mut Value, want: i64) {
+/// The OOM score adjustment a process gets for `want`: in range, and never below the
+/// daemon's own (see `own_oom_score_adj`).
+pub fn oom_score_adj(want: i64) -> i32 {
     let adj = want.clamp(-1000, 1000).max(own_oom_score_adj());
-    if let Some(p) = spec.get_mut("process").and_then(Value::as_object_mut) {
-        p.insert("oomScoreAdj".into(), json!(adj));
-    }
+    // In range by the clamp above.
+    adj as i32
 }
 
-/// The object at `key` of `map`, made (or made an object) if it is not one.
-fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Value {
-    let v = map.entry(key).or_insert_with(|| json!({}));
-    if !v.is_object() {
-        *v = json!({});
-    }
-    v
-}
-
-fn resources(spec: &mut Value) -> Result<&mut Map<String, Value>> {
-    let l = linux(spec)?;
-    object_at(l, "resources")
-        .as_object_mut()
-        .ok_or_else(|| Error::internal("generated spec: resources is not an object"))
-}
-
-/// The CRI's CPU quota and period, as given (the kubelet computes them from millicores).
-pub fn set_cpu_quota(spec: &mut Value, quota: i64, period: i64) -> Result<()> {
-    if quota == 0 && period == 0 {
-        return Ok(());
-    }
-    if quota < -1 || period < 0 || (period > 0 && !(1_000..=1_000_000).contains(&period)) {
-        return Err(Error::invalid(format!(
-            "cpu quota {quota} / period {period}: out of range"
-        )));
-    }
-    if quota > 0 && quota < 1_000 {
-        return Err(Error::invalid(format!(
-            "cpu quota {quota}: below the kernel's minimum of 1000"
-        )));
-    }
-    let r = resources(spec)?;
-    let cpu = object_at(r, "cpu");
-    if quota != 0 {
-        cpu["quota"] = json!(quota);
-    }
-    if period != 0 {
-        cpu["period"] = json!(period);
-    }
-    Ok(())
+/// Supplemental group ids, checked.
+pub fn groups(groups: &[i64]) -> Result<Vec<u32>> {
+    groups
+        .iter()
+        .map(|g| {
+            u32::try_from(*g)
+                .map_err(|_| Error::invalid(format!("supplemental group {g}: not a valid gid")))
+        })
+        .collect()
 }
 
 /// Whether this host runs cgroup v2 alone (the unified hierarchy holds the controllers).
@@ -223,99 +260,145 @@ const MAX_UNIFIED_KEY: usize = 256;
 const MAX_UNIFIED_VALUE: usize = 4096;
 const MAX_UNIFIED: usize = 128;
 
-/// The container resources beyond the memory limit, CPU shares and CPU quota: the memory +
-/// swap limit (`memory.swap`, which the runtime turns into cgroup v2's `memory.swap.max`,
-/// the swap alone), the cpuset, and `unified`, cgroup v2 files written as given
-/// (`memory.high`, `cpu.weight.nice`, ...). `unified` needs a cgroup v2 host.
-pub fn set_more_resources(spec: &mut Value, res: &cri::LinuxContainerResources) -> Result<()> {
-    let swap = res.memory_swap_limit_in_bytes;
-    if swap < -1 {
-        return Err(Error::invalid(format!(
-            "memory swap limit {swap}: must be -1 (unlimited), 0 (unset) or a size"
-        )));
-    }
-    let limit = res.memory_limit_in_bytes;
-    if swap > 0 && (limit <= 0 || swap < limit) {
-        return Err(Error::invalid(format!(
-            "memory swap limit {swap}: the limit of memory and swap together needs a memory \
-             limit no larger than it (memory limit {limit})"
-        )));
-    }
-    for (what, list) in [
-        ("cpuset cpus", &res.cpuset_cpus),
-        ("cpuset mems", &res.cpuset_mems),
-    ] {
-        let ok = list.len() <= 4096
-            && list
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, ',' | '-'));
-        if !ok {
-            return Err(Error::invalid(format!(
-                "{what} {:?}: want a list such as \"0-3,6\"",
-                crate::error::printable(list)
-            )));
-        }
-    }
-    if !res.unified.is_empty() {
-        if !cgroup_v2() {
-            return Err(Error::invalid(
-                "unified resources are cgroup v2 files, and this host runs cgroup v1",
-            ));
-        }
-        if res.unified.len() > MAX_UNIFIED {
-            return Err(Error::invalid(format!(
-                "unified resources: more than {MAX_UNIFIED}"
-            )));
-        }
-        for (k, v) in &res.unified {
-            // A file of the container's own cgroup directory: `controller.name`.
-            let key_ok = !k.is_empty()
-                && k.len() <= MAX_UNIFIED_KEY
-                && k.contains('.')
-                && !k.starts_with('.')
-                && !k.contains("..")
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !key_ok {
-                return Err(Error::invalid(format!(
-                    "unified resource {:?}: not a cgroup file name",
-                    crate::error::printable(k)
-                )));
-            }
-            if v.len() > MAX_UNIFIED_VALUE || v.chars().any(|c| c == '\0') {
-                return Err(Error::invalid(format!(
-                    "unified resource {k}: value too long or with a NUL"
-                )));
-            }
-        }
-    }
-    let r = resources(spec)?;
-    if swap != 0 {
-        let memory = object_at(r, "memory");
-        memory["swap"] = json!(swap);
-    }
-    if !res.cpuset_cpus.is_empty() || !res.cpuset_mems.is_empty() {
-        let cpu = object_at(r, "cpu");
-        if !res.cpuset_cpus.is_empty() {
-            cpu["cpus"] = json!(res.cpuset_cpus);
-        }
-        if !res.cpuset_mems.is_empty() {
-            cpu["mems"] = json!(res.cpuset_mems);
-        }
-    }
-    if !res.unified.is_empty() {
-        let unified = object_at(r, "unified");
-        for (k, v) in &res.unified {
-            unified[k.as_str()] = json!(v);
-        }
-    }
-    Ok(())
+/// The container resources beyond sup's own memory limit and CPU shares, checked: the CPU
+/// quota and period as the kubelet computed them, the memory + swap limit (`memory.swap`,
+/// which the runtime turns into cgroup v2's `memory.swap.max`, the swap alone), the cpuset,
+/// and `unified`, cgroup v2 files written as given (`memory.high`, `cpu.weight.nice`, ...).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MoreResources {
+    cpu_quota: i64,
+    cpu_period: i64,
+    swap: i64,
+    cpuset_cpus: String,
+    cpuset_mems: String,
+    unified: HashMap<String, String>,
 }
 
-/// Binds host device nodes into the container, best effort: a path that is not a device
+impl MoreResources {
+    /// Checks `res`. `unified` needs a cgroup v2 host.
+    pub fn of(res: &cri::LinuxContainerResources) -> Result<MoreResources> {
+        let (quota, period) = (res.cpu_quota, res.cpu_period);
+        if quota < -1 || period < 0 || (period > 0 && !(1_000..=1_000_000).contains(&period)) {
+            return Err(Error::invalid(format!(
+                "cpu quota {quota} / period {period}: out of range"
+            )));
+        }
+        if quota > 0 && quota < 1_000 {
+            return Err(Error::invalid(format!(
+                "cpu quota {quota}: below the kernel's minimum of 1000"
+            )));
+        }
+        let swap = res.memory_swap_limit_in_bytes;
+        if swap < -1 {
+            return Err(Error::invalid(format!(
+                "memory swap limit {swap}: must be -1 (unlimited), 0 (unset) or a size"
+            )));
+        }
+        let limit = res.memory_limit_in_bytes;
+        if swap > 0 && (limit <= 0 || swap < limit) {
+            return Err(Error::invalid(format!(
+                "memory swap limit {swap}: the limit of memory and swap together needs a memory \
+                 limit no larger than it (memory limit {limit})"
+            )));
+        }
+        for (what, list) in [
+            ("cpuset cpus", &res.cpuset_cpus),
+            ("cpuset mems", &res.cpuset_mems),
+        ] {
+            let ok = list.len() <= 4096
+                && list
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, ',' | '-'));
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "{what} {:?}: want a list such as \"0-3,6\"",
+                    crate::error::printable(list)
+                )));
+            }
+        }
+        if !res.unified.is_empty() {
+            if !cgroup_v2() {
+                return Err(Error::invalid(
+                    "unified resources are cgroup v2 files, and this host runs cgroup v1",
+                ));
+            }
+            if res.unified.len() > MAX_UNIFIED {
+                return Err(Error::invalid(format!(
+                    "unified resources: more than {MAX_UNIFIED}"
+                )));
+            }
+            for (k, v) in &res.unified {
+                // A file of the container's own cgroup directory: `controller.name`.
+                let key_ok = !k.is_empty()
+                    && k.len() <= MAX_UNIFIED_KEY
+                    && k.contains('.')
+                    && !k.starts_with('.')
+                    && !k.contains("..")
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                if !key_ok {
+                    return Err(Error::invalid(format!(
+                        "unified resource {:?}: not a cgroup file name",
+                        crate::error::printable(k)
+                    )));
+                }
+                if v.len() > MAX_UNIFIED_VALUE || v.chars().any(|c| c == '\0') {
+                    return Err(Error::invalid(format!(
+                        "unified resource {k}: value too long or with a NUL"
+                    )));
+                }
+            }
+        }
+        Ok(MoreResources {
+            cpu_quota: quota,
+            cpu_period: period,
+            swap,
+            cpuset_cpus: res.cpuset_cpus.clone(),
+            cpuset_mems: res.cpuset_mems.clone(),
+            unified: res.unified.clone(),
+        })
+    }
+
+    /// Lays these over `r`; what is unset here stays as it is there.
+    pub fn apply(&self, r: &mut LinuxResources) {
+        let cpu_wanted = self.cpu_quota != 0
+            || self.cpu_period != 0
+            || !self.cpuset_cpus.is_empty()
+            || !self.cpuset_mems.is_empty();
+        if cpu_wanted {
+            let cpu = r.cpu_mut().get_or_insert_with(LinuxCpu::default);
+            if self.cpu_quota != 0 {
+                cpu.set_quota(Some(self.cpu_quota));
+            }
+            if self.cpu_period > 0 {
+                cpu.set_period(Some(self.cpu_period as u64));
+            }
+            if !self.cpuset_cpus.is_empty() {
+                cpu.set_cpus(Some(self.cpuset_cpus.clone()));
+            }
+            if !self.cpuset_mems.is_empty() {
+                cpu.set_mems(Some(self.cpuset_mems.clone()));
+            }
+        }
+        if self.swap != 0 {
+            r.memory_mut()
+                .get_or_insert_with(LinuxMemory::default)
+                .set_swap(Some(self.swap));
+        }
+        if !self.unified.is_empty() {
+            let unified = r.unified_mut().get_or_insert_with(HashMap::new);
+            for (k, v) in &self.unified {
+                unified.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Host device nodes to bind into the container, best effort: a path that is not a device
 /// node is skipped with a warning.
-pub fn add_devices(spec: &mut Value, devices: &[cri::Device]) -> Result<()> {
+pub fn devices(devices: &[cri::Device]) -> Result<Vec<(LinuxDevice, LinuxDeviceCgroup)>> {
     use nix::sys::stat::{major, minor, stat, SFlag};
+    let mut out = Vec::new();
     for d in devices {
         let what = format!(
             "device {:?} -> {:?}",
@@ -344,137 +427,31 @@ pub fn add_devices(spec: &mut Value, devices: &[cri::Device]) -> Result<()> {
         };
         let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
         let kind = if fmt == SFlag::S_IFCHR {
-            "c"
+            LinuxDeviceType::C
         } else if fmt == SFlag::S_IFBLK {
-            "b"
+            LinuxDeviceType::B
         } else {
             tracing::warn!(device = %d.host_path, "not a device node; skipping it");
             continue;
         };
-        let (maj, min) = (major(st.st_rdev), minor(st.st_rdev));
-        let node = json!({
-            "path": d.container_path, "type": kind, "major": maj, "minor": min,
-            "fileMode": st.st_mode & 0o777, "uid": 0, "gid": 0,
-        });
-        let rule =
-            json!({"allow": true, "type": kind, "major": maj, "minor": min, "access": access});
-        let l = linux(spec)?;
-        let list = l.entry("devices").or_insert_with(|| json!([]));
-        if !list.is_array() {
-            *list = json!([]);
-        }
-        if let Some(a) = list.as_array_mut() {
-            a.push(node);
-        }
-        let r = resources(spec)?;
-        let rules = r.entry("devices").or_insert_with(|| json!([]));
-        if let Some(a) = rules.as_array_mut() {
-            a.push(rule);
-        }
+        let (maj, min) = (major(st.st_rdev) as i64, minor(st.st_rdev) as i64);
+        let mut node = LinuxDevice::default();
+        node.set_path(PathBuf::from(&d.container_path))
+            .set_typ(kind)
+            .set_major(maj)
+            .set_minor(min)
+            .set_file_mode(Some(st.st_mode & 0o777))
+            .set_uid(Some(0))
+            .set_gid(Some(0));
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true)
+            .set_typ(Some(kind))
+            .set_major(Some(maj))
+            .set_minor(Some(min))
+            .set_access(Some(access));
+        out.push((node, rule));
     }
-    Ok(())
-}
-
-/// The seccomp filter for a security profile: None for unconfined. RuntimeDefault is sup's
-/// default profile for a container holding `capabilities` (see `spec::seccomp`). A
-/// Localhost profile is read from its file: the OCI `linux.seccomp` format, or Docker's (its
-/// `archMap` becomes `architectures`).
-pub fn seccomp(
-    profile: Option<&cri::SecurityProfile>,
-    legacy: &str,
-    capabilities: &[String],
-) -> Result<Option<Value>> {
-    use cri::security_profile::ProfileType;
-    let default = || Ok(Some(crate::spec::seccomp::runtime_default(capabilities)));
-    let path = match profile {
-        Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::RuntimeDefault) => return default(),
-            Ok(ProfileType::Unconfined) => return Ok(None),
-            Ok(ProfileType::Localhost) => p.localhost_ref.clone(),
-            Err(_) => {
-                return Err(Error::invalid(format!(
-                    "seccomp profile type {}: unknown",
-                    p.profile_type
-                )))
-            }
-        },
-        None => match legacy {
-            "" | "unconfined" => return Ok(None),
-            "runtime/default" | "docker/default" => return default(),
-            l => match l.strip_prefix("localhost/") {
-                Some(p) => p.to_string(),
-                None => {
-                    return Err(Error::invalid(format!(
-                        "seccomp profile {:?}: unknown",
-                        crate::error::printable(l)
-                    )))
-                }
-            },
-        },
-    };
-    load_profile(Path::new(&path)).map(Some)
-}
-
-fn load_profile(path: &Path) -> Result<Value> {
-    use std::io::Read;
-    let what = format!("seccomp profile {}", path.display());
-    if !path.is_absolute() {
-        return Err(Error::invalid(format!("{what}: want an absolute path")));
-    }
-    let mut text = Vec::new();
-    std::fs::File::open(path)
-        .map_err(|e| Error::io(&what, e))?
-        .take(MAX_PROFILE + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::io(&what, e))?;
-    if text.len() as u64 > MAX_PROFILE {
-        return Err(Error::invalid(format!("{what}: larger than 1 MiB")));
-    }
-    let v: Value = serde_json::from_slice(&text)
-        .map_err(|e| Error::invalid(format!("{what}: not JSON: {e}")))?;
-    let Some(obj) = v.as_object() else {
-        return Err(Error::invalid(format!("{what}: not a JSON object")));
-    };
-    if !obj.get("defaultAction").is_some_and(Value::is_string) {
-        return Err(Error::invalid(format!("{what}: no defaultAction")));
-    }
-    let mut out = Map::new();
-    for key in [
-        "defaultAction",
-        "defaultErrnoRet",
-        "architectures",
-        "flags",
-        "listenerPath",
-        "listenerMetadata",
-        "syscalls",
-    ] {
-        if let Some(val) = obj.get(key) {
-            out.insert(key.into(), val.clone());
-        }
-    }
-    if !out.contains_key("architectures") {
-        if let Some(map) = obj.get("archMap").and_then(Value::as_array) {
-            let mut arches = Vec::new();
-            for entry in map {
-                if let Some(a) = entry.get("architecture") {
-                    arches.push(a.clone());
-                }
-                if let Some(subs) = entry.get("subArchitectures").and_then(Value::as_array) {
-                    arches.extend(subs.iter().cloned());
-                }
-            }
-            out.insert("architectures".into(), Value::Array(arches));
-        }
-    }
-    // Docker's per-rule filters (includes/excludes, comments) are not the runtime's.
-    if let Some(rules) = out.get_mut("syscalls").and_then(Value::as_array_mut) {
-        for r in rules.iter_mut() {
-            if let Some(o) = r.as_object_mut() {
-                o.retain(|k, _| matches!(k.as_str(), "names" | "action" | "errnoRet" | "args"));
-            }
-        }
-    }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// resolv.conf for a pod's DNS settings.
@@ -505,22 +482,31 @@ pub fn resolv_conf(dns: &cri::DnsConfig) -> Result<String> {
 mod tests {
     use super::*;
 
+    fn generated() -> Spec {
+        let mut spec = Spec::default();
+        spec.set_hostname(Some("x".into()));
+        spec
+    }
+
     #[test]
     fn namespaces_and_resolv() {
-        let mut spec = json!({"process": {"args": ["x"]}, "linux": {"namespaces": []}});
-        set_namespaces(
-            &mut spec,
-            &[
-                ("network", Ns::Path("/run/x/netns".into())),
-                ("pid", Ns::New),
-                ("ipc", Ns::Host),
-            ],
-        )
-        .unwrap();
+        let mut spec = generated();
+        let add = Additions {
+            namespaces: Some(vec![
+                (LinuxNamespaceType::Network, Ns::Path("/run/x/netns".into())),
+                (LinuxNamespaceType::Pid, Ns::New),
+                (LinuxNamespaceType::Ipc, Ns::Host),
+            ]),
+            no_hostname: true,
+            ..Default::default()
+        };
+        add.apply(&mut spec).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(
-            spec["linux"]["namespaces"],
-            json!([{"type": "mount"}, {"type": "network", "path": "/run/x/netns"}, {"type": "pid"}])
+            v["linux"]["namespaces"],
+            serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/run/x/netns"}, {"type": "pid"}])
         );
+        assert!(spec.hostname().is_none());
         let dns = cri::DnsConfig {
             servers: vec!["10.0.0.10".into()],
             searches: vec!["svc.cluster.local".into(), "cluster.local".into()],
@@ -588,55 +574,47 @@ mod tests {
     }
 
     #[test]
-    fn sysctls_and_cpu() {
-        let mut spec = json!({});
-        set_sysctls(
-            &mut spec,
-            &[("net.ipv4.ip_forward".into(), "1".into())].into(),
-        )
-        .unwrap();
-        assert_eq!(spec["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
-        assert!(set_sysctls(&mut spec, &[("../x".into(), "1".into())].into()).is_err());
-        set_cpu_quota(&mut spec, 50_000, 100_000).unwrap();
-        assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
-        assert!(set_cpu_quota(&mut spec, 10, 100_000).is_err());
-    }
-
-    #[test]
-    fn seccomp_profiles() {
-        use cri::security_profile::ProfileType;
-        let p = |t: ProfileType, r: &str| cri::SecurityProfile {
-            profile_type: t as i32,
-            localhost_ref: r.into(),
+    fn sysctls_groups_and_resources() {
+        let mut spec = generated();
+        let res = cri::LinuxContainerResources {
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 1 << 20,
+            memory_swap_limit_in_bytes: 2 << 20,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
         };
-        let default = seccomp(Some(&p(ProfileType::RuntimeDefault, "")), "", &[])
-            .unwrap()
-            .unwrap();
-        assert_eq!(default["defaultAction"], "SCMP_ACT_ALLOW");
-        assert!(seccomp(None, "unconfined", &[]).unwrap().is_none());
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("p.json");
-        std::fs::write(
-            &f,
-            r#"{"defaultAction":"SCMP_ACT_ERRNO","archMap":[{"architecture":"SCMP_ARCH_X86_64","subArchitectures":["SCMP_ARCH_X86"]}],
-               "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW","comment":"x"}]}"#,
-        )
-        .unwrap();
-        let v = seccomp(
-            Some(&p(ProfileType::Localhost, f.to_str().unwrap())),
-            "",
-            &[],
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            v["architectures"],
-            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"])
-        );
-        assert_eq!(
-            v["syscalls"][0],
-            json!({"names": ["read"], "action": "SCMP_ACT_ALLOW"})
-        );
-        assert!(seccomp(Some(&p(ProfileType::Localhost, "rel.json")), "", &[]).is_err());
+        let add = Additions {
+            sysctls: sysctls(&[("net.ipv4.ip_forward".into(), "1".into())].into()).unwrap(),
+            groups: groups(&[10, 20]).unwrap(),
+            oom_score_adj: Some(oom_score_adj(5000)),
+            resources: MoreResources::of(&res).unwrap(),
+            cgroups_path: Some("/kubepods/pod1/c1".into()),
+            ..Default::default()
+        };
+        add.apply(&mut spec).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
+        assert_eq!(v["linux"]["cgroupsPath"], "/kubepods/pod1/c1");
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(v["linux"]["resources"]["cpu"]["cpus"], "0");
+        assert_eq!(v["linux"]["resources"]["memory"]["swap"], 2 << 20);
+        assert_eq!(v["process"]["oomScoreAdj"], 1000);
+        let gids = &v["process"]["user"]["additionalGids"];
+        assert_eq!(gids, &serde_json::json!([10, 20]));
+        assert!(sysctls(&[("../x".into(), "1".into())].into()).is_err());
+        assert!(groups(&[-1]).is_err());
+        let low = cri::LinuxContainerResources {
+            cpu_quota: 10,
+            cpu_period: 100_000,
+            ..Default::default()
+        };
+        assert!(MoreResources::of(&low).is_err());
+        let swap_alone = cri::LinuxContainerResources {
+            memory_swap_limit_in_bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert!(MoreResources::of(&swap_alone).is_err());
     }
 }

@@ -144,6 +144,7 @@ impl Containers for ContainersApi {
             labels: labels(c.labels),
             extensions: c.extensions.into_iter().collect(),
             overrides: overrides_in(req.config.unwrap_or_default()),
+            ..Default::default()
         };
         let svc = self.0.clone();
         let created = settled(async move { svc.container_create(&ns, new).await }).await?;

@@ -93,6 +93,39 @@ fn validate_runtime(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A change an in-process caller makes to the generated spec before the container is
+/// written (the CRI's namespaces, cgroup, seccomp ...), so that the container is written once
+/// with its whole spec.
+#[derive(Clone, Default)]
+pub struct SpecEdit(Option<Arc<SpecEditFn>>);
+
+type SpecEditFn = dyn Fn(&mut oci_spec::runtime::Spec) -> Result<()> + Send + Sync;
+
+impl SpecEdit {
+    pub fn new(
+        f: impl Fn(&mut oci_spec::runtime::Spec) -> Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        SpecEdit(Some(Arc::new(f)))
+    }
+
+    fn apply(&self, spec: &mut oci_spec::runtime::Spec) -> Result<()> {
+        match &self.0 {
+            Some(f) => f(spec),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SpecEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SpecEdit(..)"
+        } else {
+            "SpecEdit(none)"
+        })
+    }
+}
+
 /// What a caller asks for.
 #[derive(Debug, Clone, Default)]
 pub struct NewContainer {
@@ -107,6 +140,8 @@ pub struct NewContainer {
     pub labels: Labels,
     pub extensions: BTreeMap<String, Vec<u8>>,
     pub overrides: Overrides,
+    /// Applied to the spec generated from the image config and `overrides`.
+    pub edit: SpecEdit,
 }
 
 impl Services {
@@ -228,14 +263,7 @@ impl Services {
         let spec = match new.spec.clone() {
             Some(s) => s,
             None => match self
-                .generate_spec(
-                    ns,
-                    &new.id,
-                    &sname,
-                    &snapshot_key,
-                    &image_config,
-                    &new.overrides,
-                )
+                .generate_spec(ns, &sname, &snapshot_key, &image_config, &new)
                 .await
             {
                 Ok(s) => s,
@@ -294,22 +322,22 @@ impl Services {
     async fn generate_spec(
         self: &Arc<Self>,
         ns: &str,
-        id: &str,
         snapshotter: &str,
         key: &str,
         image_config: &[u8],
-        overrides: &Overrides,
+        new: &NewContainer,
     ) -> Result<serde_json::Value> {
         let s = self.snapshotter(snapshotter)?;
         let scratch = self.state.join("scratch");
         std::fs::create_dir_all(&scratch)
             .map_err(|e| Error::io(format!("creating {}", scratch.display()), e))?;
-        let (n, k, i, cfg, o) = (
+        let (n, k, i, cfg, o, edit) = (
             ns.to_string(),
             key.to_string(),
-            id.to_string(),
+            new.id.clone(),
             image_config.to_vec(),
-            overrides.clone(),
+            new.overrides.clone(),
+            new.edit.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let dir = tempfile::Builder::new()
@@ -326,8 +354,9 @@ impl Services {
             crate::mount::mount_all(&mounts, dir.path())?;
             let spec = spec::generate(&n, &i, &cfg, dir.path(), &o);
             let unmounted = crate::mount::unmount_all(dir.path());
-            let spec = spec?;
+            let mut spec = spec?;
             unmounted?;
+            edit.apply(&mut spec)?;
             serde_json::to_value(&spec).map_err(Error::from)
         })
         .await?
