@@ -30,6 +30,9 @@ pub enum Error {
     /// Data that came from elsewhere is corrupt: a blob whose digest or size does not match.
     #[error("{0}")]
     DataLoss(String),
+    /// A position past the end of what it points into (an offset beyond a blob's size).
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 impl Error {
@@ -80,6 +83,7 @@ impl Error {
             Error::Cancelled(m) => Error::Cancelled(wrap(m)),
             Error::PermissionDenied(m) => Error::PermissionDenied(wrap(m)),
             Error::DataLoss(m) => Error::DataLoss(wrap(m)),
+            Error::OutOfRange(m) => Error::OutOfRange(wrap(m)),
         }
     }
 

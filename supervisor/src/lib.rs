@@ -19,4 +19,5 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod spec;
+pub mod status;
 pub mod store;

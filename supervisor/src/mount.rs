@@ -16,8 +16,18 @@ use rustix::mount::{
     UnmountFlags,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
-use crate::snapshot::Mount;
+
+/// One mount(2) call; `target` is relative to the caller's mount point (empty: the point itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub kind: String,
+    pub source: String,
+    pub target: String,
+    pub options: Vec<String>,
+}
 
 /// mount(2) data must fit in a page, its terminating NUL included.
 const MAX_DATA: usize = 4095;

@@ -21,10 +21,10 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{printable, Error, Result};
 use crate::image::reference;
-use crate::server::convert::status;
 use crate::service::images::pull::PullOptions;
 use crate::service::images::Image;
 use crate::service::Services;
+use crate::status::status;
 use crate::store::Descriptor;
 
 use super::pause::{NAMESPACE as NS, REPOSITORY as PAUSE_REPOSITORY};

@@ -1,5 +1,5 @@
 //! The CRI RuntimeService gRPC adaptor: requests in, `Cri` calls, responses out; errors
-//! become statuses in `server::convert::status`.
+//! become statuses in `status::status`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Cri;
-use crate::server::convert::status;
+use crate::status::status;
 
 type Rpc<T> = std::result::Result<Response<T>, Status>;
 

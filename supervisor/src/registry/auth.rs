@@ -220,7 +220,7 @@ pub async fn fetch_token(
             "token server {realm_host} answered {status}"
         )));
     }
-    let body = super::client::read_limited(resp, MAX_TOKEN_RESPONSE, timeout)
+    let body = super::body::read_limited(resp, MAX_TOKEN_RESPONSE, timeout)
         .await
         .map_err(|e| e.context(format!("token server {realm_host}")))?;
     let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {

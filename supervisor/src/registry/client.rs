@@ -16,6 +16,7 @@ use crate::error::{printable, Error, Result};
 use crate::image::oci::{self, MAX_DOCUMENT};
 
 use super::auth::{self, Authorization};
+use super::body::read_limited;
 use super::errors::{combine, describe, registry_message};
 use super::hosts::HostEndpoint;
 use super::progress::Activity;
@@ -483,37 +484,4 @@ pub(super) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// Reads a whole answer of at most `limit` bytes.
-pub async fn read_limited(
-    mut resp: reqwest::Response,
-    limit: usize,
-    stall: Duration,
-) -> Result<Vec<u8>> {
-    if resp.content_length().is_some_and(|l| l > limit as u64) {
-        return Err(Error::invalid(format!(
-            "the answer is larger than the {limit} bytes allowed"
-        )));
-    }
-    let mut out = Vec::new();
-    loop {
-        let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
-            Err(_) => {
-                return Err(Error::Unavailable(format!(
-                    "no data for {} s: transfer stalled",
-                    stall.as_secs()
-                )))
-            }
-            Ok(Err(e)) => return Err(Error::Unavailable(describe(&e))),
-            Ok(Ok(None)) => return Ok(out),
-            Ok(Ok(Some(c))) => c,
-        };
-        if out.len() + chunk.len() > limit {
-            return Err(Error::invalid(format!(
-                "the answer is larger than the {limit} bytes allowed"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
 }

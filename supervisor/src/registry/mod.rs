@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::image::reference::Reference;
 
 pub mod auth;
+pub mod body;
 pub mod client;
 pub mod errors;
 pub mod fetch;

@@ -1,6 +1,6 @@
 //! gRPC adaptor of the Content service.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use super::convert::{
 };
 use crate::content::{self, Info};
 use crate::error::Error;
-use crate::events::{topic, Payload};
+use crate::service::content::BlobRange;
 use crate::service::Services;
 
 pub struct ContentApi(pub Arc<Services>);
@@ -65,8 +65,7 @@ impl Content for ContentApi {
         let ns = namespace(&req)?;
         let i = self
             .0
-            .content
-            .info(&ns, &req.into_inner().digest)
+            .content_info(&ns, &req.into_inner().digest)
             .map_err(status)?;
         Ok(Response::new(api::ContentInfoResponse {
             info: Some(info_out(i)),
@@ -83,8 +82,7 @@ impl Content for ContentApi {
         let paths = mask_paths(req.update_mask);
         let i = self
             .0
-            .content
-            .update(&ns, &info.digest, &labels(info.labels), &paths)
+            .content_update(&ns, &info.digest, &labels(info.labels), &paths)
             .map_err(status)?;
         Ok(Response::new(api::UpdateContentResponse {
             info: Some(info_out(i)),
@@ -98,8 +96,7 @@ impl Content for ContentApi {
         let filter = crate::filters::Filter::parse(&req.into_inner().filters).map_err(status)?;
         let all: Vec<api::ContentInfo> = self
             .0
-            .content
-            .list(&ns)
+            .content_list(&ns)
             .map_err(status)?
             .into_iter()
             .filter(|i| filter.matches(i))
@@ -115,17 +112,7 @@ impl Content for ContentApi {
     async fn delete(&self, req: Request<api::DeleteContentRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
         let digest = req.into_inner().digest;
-        crate::content::digest::validate(&digest).map_err(status)?;
-        if let Some(image) = self.0.blob_in_use(&ns, &digest).map_err(status)? {
-            return Err(status(Error::precondition(format!(
-                "content {digest} in namespace {ns:?}: in use by image {image:?}"
-            ))));
-        }
-        self.0.content.delete(&ns, &digest).map_err(status)?;
-        self.0.store.flush().await.map_err(status)?;
-        self.0
-            .events
-            .publish(&ns, topic::CONTENT_DELETE, Payload::Content { digest });
+        self.0.content_delete(&ns, &digest).await.map_err(status)?;
         Ok(Response::new(()))
     }
 
@@ -134,31 +121,16 @@ impl Content for ContentApi {
     async fn read(&self, req: Request<api::ReadContentRequest>) -> RpcResult<Self::ReadStream> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
-        if req.offset < 0 || req.size < 0 {
-            return Err(Status::invalid_argument(
-                "offset and size must not be negative",
-            ));
-        }
-        let info = self.0.content.info(&ns, &req.digest).map_err(status)?;
-        if req.offset > info.size {
-            return Err(Status::out_of_range(format!(
-                "offset {} is past the end of {} ({} bytes)",
-                req.offset, req.digest, info.size
-            )));
-        }
-        let mut file = self.0.content.open(&ns, &req.digest).map_err(status)?;
-        let end = if req.size == 0 {
-            info.size
-        } else {
-            (req.offset + req.size).min(info.size)
-        };
+        let BlobRange {
+            mut file,
+            offset: start,
+            end,
+        } = self
+            .0
+            .content_read(&ns, &req.digest, req.offset, req.size)
+            .map_err(status)?;
         let (tx, rx) = mpsc::channel(4);
-        let start = req.offset;
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = file.seek(SeekFrom::Start(start as u64)) {
-                let _ = tx.blocking_send(Err(status(Error::io("seeking blob", e))));
-                return;
-            }
             let mut pos = start;
             while pos < end {
                 let n = ((end - pos) as usize).min(CHUNK);
@@ -189,8 +161,7 @@ impl Content for ContentApi {
         let ns = namespace(&req)?;
         let s = self
             .0
-            .content
-            .status(&ns, &req.into_inner().r#ref)
+            .content_status(&ns, &req.into_inner().r#ref)
             .map_err(status)?;
         Ok(Response::new(api::ContentStatusResponse {
             status: Some(status_out(&s)),
@@ -205,8 +176,7 @@ impl Content for ContentApi {
         let filter = crate::filters::Filter::parse(&req.into_inner().filters).map_err(status)?;
         let statuses = self
             .0
-            .content
-            .list_statuses(&ns)
+            .content_statuses(&ns)
             .map_err(status)?
             .iter()
             .filter(|s| filter.matches(*s))
@@ -237,8 +207,7 @@ impl Content for ContentApi {
     async fn abort(&self, req: Request<api::AbortContentRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
         self.0
-            .content
-            .abort(&ns, &req.into_inner().r#ref)
+            .content_abort(&ns, &req.into_inner().r#ref)
             .map_err(status)?;
         Ok(Response::new(()))
     }
@@ -262,15 +231,8 @@ async fn write_loop(
     let Some(first) = input.message().await? else {
         return Ok(());
     };
-    if first.r#ref.is_empty() {
-        return Err(Status::invalid_argument(
-            "the first write message must name the ref",
-        ));
-    }
-    services.namespace_ensure(ns).map_err(status)?;
     let mut writer = services
-        .content
-        .writer(ns, &first.r#ref, first.total, &first.expected)
+        .content_writer(ns, &first.r#ref, first.total, &first.expected)
         .map_err(status)?;
     let mut next = Some(first);
     while let Some(msg) = next.take() {

@@ -1,12 +1,11 @@
-//! Conversions between the API's messages and the services' types, the namespace of a
-//! request, and the one place where an `Error` becomes a gRPC status.
+//! Conversions between the API's messages and the services' types, and the namespace of a
+//! request.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sup_proto::v1 as api;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
-use crate::error::Error;
 use crate::labels::Labels;
 use crate::snapshot;
 use crate::store::{Descriptor, Platform};
@@ -14,25 +13,7 @@ use crate::store::{Descriptor, Platform};
 pub const NAMESPACE_HEADER: &str = "sup-namespace";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// The error as a gRPC status: its kind picks the code, its message is kept whole.
-pub fn status(err: Error) -> Status {
-    let code = match &err {
-        Error::NotFound(_) => Code::NotFound,
-        Error::AlreadyExists(_) => Code::AlreadyExists,
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::Unavailable(_) => Code::Unavailable,
-        Error::ResourceExhausted(_) => Code::ResourceExhausted,
-        Error::Internal(_) => Code::Internal,
-        Error::Cancelled(_) => Code::Cancelled,
-        Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::DataLoss(_) => Code::DataLoss,
-    };
-    if code == Code::Internal {
-        tracing::error!(error = %err, "internal error");
-    }
-    Status::new(code, err.to_string())
-}
+pub use crate::status::status;
 
 pub type RpcResult<T> = std::result::Result<tonic::Response<T>, Status>;
 

@@ -12,6 +12,7 @@ use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
 pub mod containers;
+pub mod content;
 pub mod gc;
 pub mod images;
 pub mod leases;

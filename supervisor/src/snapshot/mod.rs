@@ -10,9 +10,6 @@
 //! callers run them on the blocking pool.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
-
-use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::labels::Labels;
@@ -26,48 +23,13 @@ mod tree;
 #[cfg(test)]
 mod conformance;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    View,
-    Active,
-    Committed,
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kind::View => "view",
-            Kind::Active => "active",
-            Kind::Committed => "committed",
-        })
-    }
-}
-
-/// What callers see of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Info {
-    pub name: String,
-    pub parent: Option<String>,
-    pub kind: Kind,
-    pub created_at: SystemTime,
-    pub updated_at: SystemTime,
-    pub labels: Labels,
-}
+pub use crate::mount::Mount;
+pub use crate::store::snapshots::{Info, Kind};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub size: i64,
     pub inodes: i64,
-}
-
-/// One mount(2) call; `target` is relative to the caller's mount point (empty: the point itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mount {
-    pub kind: String,
-    pub source: String,
-    pub target: String,
-    pub options: Vec<String>,
 }
 
 /// How a layer's whiteouts are written into an active snapshot.

@@ -17,8 +17,36 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{Error, Result};
 use crate::labels::Labels;
-use crate::snapshot::{Info, Kind};
 use crate::store::{decode, encode, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    View,
+    Active,
+    Committed,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        })
+    }
+}
+
+/// What callers see of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    pub parent: Option<String>,
+    pub kind: Kind,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub labels: Labels,
+}
 
 const NEXT_ID: &[u8] = b"\0next_id";
 

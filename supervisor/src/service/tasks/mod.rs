@@ -148,7 +148,11 @@ fn runtime_refusal(e: Error) -> Error {
 }
 
 fn ts(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    t.map(|t| crate::server::convert::from_timestamp(&t))
+    t.map(|t| {
+        let secs = t.seconds.max(0) as u64;
+        let nanos = t.nanos.clamp(0, 999_999_999) as u32;
+        std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+    })
 }
 
 impl Services {
