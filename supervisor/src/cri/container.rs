@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::LinuxNamespaceType as NsType;
-use sup_proto::v1 as api;
 
 use super::overrides::overrides;
 use super::records::{resolve, ContainerRecord, SandboxRecord};
@@ -14,6 +13,7 @@ use super::spec::{self as cspec, Ns};
 use super::{Cri, LABEL_KIND, LABEL_SANDBOX, NAMESPACE};
 use crate::error::{Error, Result};
 use crate::service::containers::{NewContainer, SpecEdit};
+use crate::service::tasks::TaskStatus;
 
 /// The exit code of a container whose exit status was lost with its shim.
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
@@ -250,8 +250,8 @@ impl Cri {
             let _deleting = lock.lock().await;
             matches!(
                 self.services.process_status(NAMESPACE, id, "").await,
-                Ok(st) if st.status == api::TaskStatus::Running
-                    || st.status == api::TaskStatus::Paused
+                Ok(st) if st.status == TaskStatus::Running
+                    || st.status == TaskStatus::Paused
             )
         };
         if !running {
@@ -311,7 +311,7 @@ impl Cri {
                 continue;
             }
             let stopped = match self.services.process_status(NAMESPACE, &rec.id, "").await {
-                Ok(st) => st.status == api::TaskStatus::Stopped,
+                Ok(st) => st.status == TaskStatus::Stopped,
                 Err(_) => !self.services.task_exists(NAMESPACE, &rec.id),
             };
             if stopped {
@@ -379,17 +379,17 @@ impl Cri {
         } else if self.services.task(NAMESPACE, &rec.id).is_ok() {
             match self.services.process_status(NAMESPACE, &rec.id, "").await {
                 Ok(st) => match st.status {
-                    api::TaskStatus::Created => {}
-                    api::TaskStatus::Running
-                    | api::TaskStatus::Paused
-                    | api::TaskStatus::Pausing => state = cri::ContainerState::ContainerRunning,
-                    api::TaskStatus::Stopped => {
+                    TaskStatus::Created => {}
+                    TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing => {
+                        state = cri::ContainerState::ContainerRunning
+                    }
+                    TaskStatus::Stopped => {
                         state = cri::ContainerState::ContainerExited;
                         exit_code = i32::try_from(st.exit_status).unwrap_or(255);
                         finished_at = st.exited_at.map(super::nanos).unwrap_or(0);
                         reason = exit_reason(st.exit_status, &st.reason);
                     }
-                    api::TaskStatus::Unknown => state = cri::ContainerState::ContainerUnknown,
+                    TaskStatus::Unknown => state = cri::ContainerState::ContainerUnknown,
                 },
                 Err(_) => state = cri::ContainerState::ContainerUnknown,
             }
@@ -516,7 +516,7 @@ impl Cri {
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
         let id = self.resolve_container(id)?;
         let st = self.services.process_status(NAMESPACE, &id, "").await;
-        if !matches!(st, Ok(s) if s.status == api::TaskStatus::Running) {
+        if !matches!(st, Ok(s) if s.status == TaskStatus::Running) {
             return Err(Error::precondition(format!(
                 "container {id:?} is not running"
             )));

@@ -37,7 +37,7 @@ impl Cri {
     ) -> Result<Option<cri::ExecSyncResponse>> {
         let id = self.resolve_container(id)?;
         let exec_id = format!("exec-{}", super::new_id()?);
-        let process = api::ProcessSpec {
+        let process = crate::service::tasks::ExecProcess {
             args: cmd,
             ..Default::default()
         };

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::LinuxNamespaceType as NsType;
-use sup_proto::v1 as api;
 
 use super::netns::NsKind;
 use super::records::{resolve, SandboxRecord};
@@ -15,6 +14,7 @@ use super::spec::{self as cspec, Ns};
 use super::{network, Cri, LABEL_KIND, NAMESPACE};
 use crate::error::{Error, Result};
 use crate::service::containers::{NewContainer, SpecEdit};
+use crate::service::tasks::TaskStatus;
 use crate::spec::{MountSpec, Overrides};
 
 /// The namespace options of a sandbox config (all POD when unset).
@@ -360,7 +360,7 @@ impl Cri {
         }
         matches!(
             self.services.process_status(NAMESPACE, &rec.id, "").await,
-            Ok(st) if st.status == api::TaskStatus::Running
+            Ok(st) if st.status == TaskStatus::Running
         )
     }
 

@@ -14,19 +14,30 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{namespace, settled, status, timestamp, RpcResult};
 use crate::error::Error;
 use crate::filters::{Filter, Filterable};
-use crate::service::tasks::{shim::from_status, ProcessStatus};
+use crate::service::tasks::{shim::from_status, ExecProcess, ProcessStatus, TaskStatus};
 use crate::service::Services;
 
 pub struct TasksApi(pub Arc<Services>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+fn status_out(s: TaskStatus) -> api::TaskStatus {
+    match s {
+        TaskStatus::Unknown => api::TaskStatus::Unknown,
+        TaskStatus::Created => api::TaskStatus::Created,
+        TaskStatus::Running => api::TaskStatus::Running,
+        TaskStatus::Stopped => api::TaskStatus::Stopped,
+        TaskStatus::Paused => api::TaskStatus::Paused,
+        TaskStatus::Pausing => api::TaskStatus::Pausing,
+    }
+}
+
 fn process_out(id: &str, p: &ProcessStatus) -> api::Process {
     api::Process {
         container_id: id.to_string(),
         exec_id: p.exec_id.clone(),
         pid: p.pid,
-        status: p.status as i32,
+        status: status_out(p.status) as i32,
         terminal: p.terminal,
         exit_status: p.exit_status,
         exited_at: p.exited_at.map(timestamp),
@@ -243,6 +254,13 @@ impl Tasks for TasksApi {
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("exec: spec is required"))?;
+        let spec = ExecProcess {
+            args: spec.args,
+            env: spec.env,
+            cwd: spec.cwd,
+            user: spec.user,
+            terminal: spec.terminal,
+        };
         let svc = self.0.clone();
         settled(async move {
             svc.task_exec(&ns, &r.container_id, &r.exec_id, &spec, r.stdin)
@@ -295,6 +313,13 @@ impl Tasks for TasksApi {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
         let processes = self.0.task_pids(&ns, &id).await.map_err(status)?;
+        let processes = processes
+            .into_iter()
+            .map(|p| api::ProcessInfo {
+                pid: p.pid,
+                exec_id: p.exec_id,
+            })
+            .collect();
         Ok(Response::new(api::ListPidsResponse { processes }))
     }
 
@@ -304,8 +329,11 @@ impl Tasks for TasksApi {
         let res = r
             .resources
             .ok_or_else(|| Status::invalid_argument("update: resources are required"))?;
+        let res =
+            crate::spec::resources(res.memory_limit, res.cpus, res.cpu_shares, res.pids_limit)
+                .map_err(status)?;
         self.0
-            .task_update(&ns, &r.container_id, &res)
+            .task_update_resources(&ns, &r.container_id, &res)
             .await
             .map_err(status)?;
         Ok(Response::new(()))
@@ -335,7 +363,11 @@ impl Tasks for TasksApi {
             .task_wait(&ns, &r.container_id, &r.exec_id)
             .await
             .map_err(status)?;
-        Ok(Response::new(w))
+        Ok(Response::new(api::WaitResponse {
+            exit_status: w.exit_status,
+            exited_at: w.exited_at.map(timestamp),
+            reason: w.reason,
+        }))
     }
 
     type AttachStream = BoxStream<api::AttachResponse>;

@@ -2,7 +2,6 @@
 //! a bad one gets its gRPC error before any connection, and answered with a stream URL.
 
 use k8s_cri::v1 as cri;
-use sup_proto::v1 as api;
 
 use super::tokens::Request;
 use crate::cri::{Cri, NAMESPACE};
@@ -26,7 +25,7 @@ impl Cri {
     async fn running_container(&self, what: &str, id: &str) -> Result<String> {
         let id = self.resolve_container(id)?;
         let running = match self.services.process_status(NAMESPACE, &id, "").await {
-            Ok(st) => matches!(st.status, api::TaskStatus::Running),
+            Ok(st) => matches!(st.status, crate::service::tasks::TaskStatus::Running),
             Err(Error::NotFound(_)) => false,
             Err(e) => return Err(e),
         };

@@ -60,7 +60,7 @@ pub async fn exec(cri: &Cri, req: &cri::ExecRequest, io: Io) -> Ended {
         Ok(n) => format!("exec-{n}"),
         Err(e) => return Ended::Done(Outcome::Failed(e.to_string())),
     };
-    let process = api::ProcessSpec {
+    let process = crate::service::tasks::ExecProcess {
         args: req.cmd.clone(),
         terminal: req.tty,
         ..Default::default()

@@ -14,7 +14,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sup_proto::shim as sp;
-use sup_proto::v1 as api;
 
 use crate::error::{Error, Result};
 use crate::events::{topic, Payload};
@@ -62,7 +61,7 @@ pub struct Task {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InitState {
     /// None: not known, ask the shim.
-    pub status: Option<api::TaskStatus>,
+    pub status: Option<TaskStatus>,
     pub exit_status: u32,
     pub exited_at: Option<SystemTime>,
 }
@@ -77,9 +76,9 @@ impl Task {
     }
 
     /// Records `status` (None: forget) unless the init has already exited.
-    fn learn(&self, status: Option<api::TaskStatus>) {
+    fn learn(&self, status: Option<TaskStatus>) {
         let mut init = self.init.lock().unwrap_or_else(|p| p.into_inner());
-        if init.status != Some(api::TaskStatus::Stopped) {
+        if init.status != Some(TaskStatus::Stopped) {
             init.status = status;
         }
     }
@@ -87,7 +86,7 @@ impl Task {
     fn learn_exit(&self, exit_status: u32, exited_at: Option<SystemTime>) {
         let mut init = self.init.lock().unwrap_or_else(|p| p.into_inner());
         *init = InitState {
-            status: Some(api::TaskStatus::Stopped),
+            status: Some(TaskStatus::Stopped),
             exit_status,
             exited_at,
         };
@@ -95,12 +94,10 @@ impl Task {
 
     /// Records what the shim answered to a State call for the init.
     fn learn_state(&self, st: &sp::StateResponse) {
-        match api::TaskStatus::try_from(st.status) {
-            Ok(api::TaskStatus::Stopped) => self.learn_exit(st.exit_status, ts(st.exited_at)),
-            Ok(api::TaskStatus::Unknown) | Ok(api::TaskStatus::Pausing) | Err(_) => {
-                self.learn(None)
-            }
-            Ok(s) => self.learn(Some(s)),
+        match TaskStatus::from_shim(st.status) {
+            TaskStatus::Stopped => self.learn_exit(st.exit_status, ts(st.exited_at)),
+            TaskStatus::Unknown | TaskStatus::Pausing => self.learn(None),
+            s => self.learn(Some(s)),
         }
     }
 
@@ -120,12 +117,51 @@ pub struct Tasks {
     table: Mutex<HashMap<(String, String), Slot>>,
 }
 
+/// A process's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TaskStatus {
+    #[default]
+    Unknown,
+    Created,
+    Running,
+    Stopped,
+    Paused,
+    Pausing,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Default)]
+pub struct Exit {
+    pub exit_status: u32,
+    pub exited_at: Option<SystemTime>,
+    /// "OOMKilled" when the kernel's OOM killer ended the init.
+    pub reason: String,
+}
+
+/// What to run in a task: empty `env`, `cwd` and `user` are the container's.
+#[derive(Debug, Clone, Default)]
+pub struct ExecProcess {
+    pub args: Vec<String>,
+    /// "KEY=VALUE", laid over the container's.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub terminal: bool,
+}
+
+/// A process of a task; `exec_id` is empty for the init and processes it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exec_id: String,
+}
+
 /// The status of a process as the API reports it.
 #[derive(Debug, Clone)]
 pub struct ProcessStatus {
     pub exec_id: String,
     pub pid: u32,
-    pub status: api::TaskStatus,
+    pub status: TaskStatus,
     pub terminal: bool,
     pub exit_status: u32,
     pub exited_at: Option<SystemTime>,
@@ -372,7 +408,7 @@ impl Services {
             closing: AtomicBool::new(false),
             event_order: tokio::sync::Mutex::new(()),
             init: std::sync::Mutex::new(InitState {
-                status: Some(api::TaskStatus::Created),
+                status: Some(TaskStatus::Created),
                 ..Default::default()
             }),
         }))
@@ -546,7 +582,7 @@ impl Services {
         let task = self.task(ns, id)?;
         let known = task.init_state();
         if let (true, Some(status)) = (exec_id.is_empty(), known.status) {
-            let oom = status == api::TaskStatus::Stopped
+            let oom = status == TaskStatus::Stopped
                 && known.exit_status == 137
                 && task.oom.load(Ordering::Relaxed);
             return Ok(ProcessStatus {
@@ -571,9 +607,9 @@ impl Services {
             .await
             .map_err(|s| from_status(&format!("task {id:?}"), s))?
             .into_inner();
-        let status = api::TaskStatus::try_from(st.status).unwrap_or(api::TaskStatus::Unknown);
+        let status = TaskStatus::from_shim(st.status);
         let reason = if exec_id.is_empty()
-            && status == api::TaskStatus::Stopped
+            && status == TaskStatus::Stopped
             && st.exit_status == 137
             && task.oom.load(Ordering::Relaxed)
         {
@@ -605,7 +641,7 @@ impl Services {
             .into_inner()
             .pid;
         if exec_id.is_empty() {
-            task.learn(Some(api::TaskStatus::Running));
+            task.learn(Some(TaskStatus::Running));
         }
         let t = if exec_id.is_empty() {
             topic::TASK_START
@@ -623,10 +659,10 @@ impl Services {
         let mut client = task.client();
         let st = self.process_status(ns, id, "").await?;
         match st.status {
-            api::TaskStatus::Stopped => {}
-            api::TaskStatus::Created => self.kill_and_wait(ns, id).await?,
+            TaskStatus::Stopped => {}
+            TaskStatus::Created => self.kill_and_wait(ns, id).await?,
             _ if force => {
-                if st.status == api::TaskStatus::Paused {
+                if st.status == TaskStatus::Paused {
                     let _ = client.resume(()).await;
                 }
                 self.kill_and_wait(ns, id).await?;
@@ -738,7 +774,7 @@ impl Services {
         Ok(())
     }
 
-    pub async fn task_wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
+    pub async fn task_wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
         let task = self.task(ns, id)?;
         let mut w = task
             .client()
@@ -756,7 +792,11 @@ impl Services {
                 w.reason = "OOMKilled".into();
             }
         }
-        Ok(w)
+        Ok(Exit {
+            exit_status: w.exit_status,
+            exited_at: ts(w.exited_at),
+            reason: w.reason,
+        })
     }
 
     pub async fn task_exec(
@@ -764,7 +804,7 @@ impl Services {
         ns: &str,
         id: &str,
         exec_id: &str,
-        process: &api::ProcessSpec,
+        process: &ExecProcess,
         stdin: bool,
     ) -> Result<()> {
         crate::service::containers::validate_id("exec id", exec_id)?;
@@ -802,8 +842,8 @@ impl Services {
             c.resume(()).await
         };
         match &r {
-            Ok(_) if pause => task.learn(Some(api::TaskStatus::Paused)),
-            Ok(_) => task.learn(Some(api::TaskStatus::Running)),
+            Ok(_) if pause => task.learn(Some(TaskStatus::Paused)),
+            Ok(_) => task.learn(Some(TaskStatus::Running)),
             Err(_) => {}
         }
         r.map_err(|s| from_status(&format!("task {id:?}"), s))?;
@@ -816,7 +856,7 @@ impl Services {
         Ok(())
     }
 
-    pub async fn task_pids(&self, ns: &str, id: &str) -> Result<Vec<api::ProcessInfo>> {
+    pub async fn task_pids(&self, ns: &str, id: &str) -> Result<Vec<ProcessInfo>> {
         let task = self.task(ns, id)?;
         Ok(task
             .client()
@@ -824,12 +864,13 @@ impl Services {
             .await
             .map_err(|s| from_status(&format!("task {id:?}"), s))?
             .into_inner()
-            .processes)
-    }
-
-    pub async fn task_update(&self, ns: &str, id: &str, r: &api::Resources) -> Result<()> {
-        let res = crate::spec::resources(r.memory_limit, r.cpus, r.cpu_shares, r.pids_limit)?;
-        self.task_update_resources(ns, id, &res).await
+            .processes
+            .into_iter()
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                exec_id: p.exec_id,
+            })
+            .collect())
     }
 
     /// Sets a running task's resources to `res` (what it leaves unset stays as it is).

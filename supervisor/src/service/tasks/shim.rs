@@ -119,3 +119,19 @@ pub fn from_status(what: &str, s: tonic::Status) -> Error {
         _ => Error::Internal(msg),
     }
 }
+
+impl super::TaskStatus {
+    /// A status as the shim's protocol numbers it (sup.v1's TaskStatus).
+    pub fn from_shim(code: i32) -> Self {
+        use super::TaskStatus as S;
+        use sup_proto::v1::TaskStatus as Wire;
+        match Wire::try_from(code) {
+            Ok(Wire::Created) => S::Created,
+            Ok(Wire::Running) => S::Running,
+            Ok(Wire::Stopped) => S::Stopped,
+            Ok(Wire::Paused) => S::Paused,
+            Ok(Wire::Pausing) => S::Pausing,
+            Ok(Wire::Unknown) | Err(_) => S::Unknown,
+        }
+    }
+}
