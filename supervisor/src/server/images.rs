@@ -232,72 +232,17 @@ impl Images for ImagesApi {
     ) -> RpcResult<Self::ImportStream> {
         let ns = namespace(&req)?;
         let mut input = req.into_inner();
-        let first = input
-            .message()
-            .await?
-            .and_then(|m| m.payload)
-            .ok_or_else(|| {
-                Status::invalid_argument("import: the first message must carry the options")
-            })?;
-        let api::import_request::Payload::Options(o) = first else {
-            return Err(Status::invalid_argument(
-                "import: the first message must carry the options",
-            ));
-        };
-        let opts = ImportOptions {
-            name: (!o.name.is_empty()).then_some(o.name),
-            snapshotter: o.snapshotter,
-            platform: platform_opt(o.platform),
-            unpack: !o.no_unpack,
-            labels: labels(o.labels),
-        };
+        let opts = import_options(input.message().await?)?;
         let (out_tx, out_rx) = mpsc::channel(64);
         let (data_tx, data_rx) = mpsc::channel::<io::Result<Vec<u8>>>(8);
         let received = Arc::new(AtomicI64::new(0));
 
-        // Forward the archive bytes, reporting progress about every 8 MiB.
-        let fwd_progress = out_tx.clone();
-        let count = received.clone();
-        tokio::spawn(async move {
-            let mut next_report = 0i64;
-            loop {
-                let msg = match input.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = data_tx
-                            .send(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                format!("import stream broke off: {}", e.message()),
-                            )))
-                            .await;
-                        return;
-                    }
-                };
-                let Some(api::import_request::Payload::Chunk(chunk)) = msg.payload else {
-                    let _ = data_tx
-                        .send(Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "import: only the first message may carry options",
-                        )))
-                        .await;
-                    return;
-                };
-                let total =
-                    count.fetch_add(chunk.len() as i64, Ordering::Relaxed) + chunk.len() as i64;
-                if data_tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-                if total >= next_report {
-                    next_report = total + (8 << 20);
-                    let _ = fwd_progress.try_send(Ok(progress_msg(api::ImportProgress {
-                        stage: "receiving".into(),
-                        bytes_received: total,
-                        ..Default::default()
-                    })));
-                }
-            }
-        });
+        tokio::spawn(forward_chunks(
+            input,
+            data_tx,
+            out_tx.clone(),
+            received.clone(),
+        ));
 
         let services = self.0.clone();
         tokio::spawn(async move {
@@ -306,21 +251,7 @@ impl Images for ImagesApi {
                 buf: Vec::new(),
                 pos: 0,
             };
-            let (tx, count) = (out_tx.clone(), received.clone());
-            let report = move |ev: ImportEvent| {
-                let ImportEvent::Unpacking {
-                    layer,
-                    index,
-                    count: n,
-                } = ev;
-                let _ = tx.blocking_send(Ok(progress_msg(api::ImportProgress {
-                    stage: "unpacking".into(),
-                    bytes_received: count.load(Ordering::Relaxed),
-                    layer,
-                    layer_index: index as i32,
-                    layer_count: n as i32,
-                })));
-            };
+            let report = unpack_progress(out_tx.clone(), received.clone());
             let msg = match services.image_import(&ns, opts, reader, report).await {
                 Ok(images) => {
                     let _ = out_tx
@@ -446,6 +377,90 @@ impl Images for ImagesApi {
             let _ = tx.send(msg).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Reports an import's unpacking on `tx` (from the blocking thread it runs on).
+fn unpack_progress(
+    tx: mpsc::Sender<Result<api::ImportResponse, Status>>,
+    count: Arc<AtomicI64>,
+) -> impl Fn(ImportEvent) + Send + Sync + 'static {
+    move |ev: ImportEvent| {
+        let ImportEvent::Unpacking {
+            layer,
+            index,
+            count: n,
+        } = ev;
+        let _ = tx.blocking_send(Ok(progress_msg(api::ImportProgress {
+            stage: "unpacking".into(),
+            bytes_received: count.load(Ordering::Relaxed),
+            layer,
+            layer_index: index as i32,
+            layer_count: n as i32,
+        })));
+    }
+}
+
+/// The options an import stream's first message must carry.
+fn import_options(first: Option<api::ImportRequest>) -> Result<ImportOptions, Status> {
+    let Some(api::import_request::Payload::Options(o)) = first.and_then(|m| m.payload) else {
+        return Err(Status::invalid_argument(
+            "import: the first message must carry the options",
+        ));
+    };
+    Ok(ImportOptions {
+        name: (!o.name.is_empty()).then_some(o.name),
+        snapshotter: o.snapshotter,
+        platform: platform_opt(o.platform),
+        unpack: !o.no_unpack,
+        labels: labels(o.labels),
+    })
+}
+
+/// Forwards the archive bytes of an import stream to `data`, counting them in `count` and
+/// reporting progress on `progress` about every 8 MiB.
+async fn forward_chunks(
+    mut input: Streaming<api::ImportRequest>,
+    data_tx: mpsc::Sender<io::Result<Vec<u8>>>,
+    progress: mpsc::Sender<Result<api::ImportResponse, Status>>,
+    count: Arc<AtomicI64>,
+) {
+    let mut next_report = 0i64;
+    loop {
+        let msg = match input.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = data_tx
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("import stream broke off: {}", e.message()),
+                    )))
+                    .await;
+                return;
+            }
+        };
+        let Some(api::import_request::Payload::Chunk(chunk)) = msg.payload else {
+            let _ = data_tx
+                .send(Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "import: only the first message may carry options",
+                )))
+                .await;
+            return;
+        };
+        let total = count.fetch_add(chunk.len() as i64, Ordering::Relaxed) + chunk.len() as i64;
+        if data_tx.send(Ok(chunk)).await.is_err() {
+            return;
+        }
+        if total >= next_report {
+            next_report = total + (8 << 20);
+            let _ = progress.try_send(Ok(progress_msg(api::ImportProgress {
+                stage: "receiving".into(),
+                bytes_received: total,
+                ..Default::default()
+            })));
+        }
     }
 }
 
