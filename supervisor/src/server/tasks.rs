@@ -273,22 +273,20 @@ impl Tasks for TasksApi {
     async fn resize_pty(&self, req: Request<api::ResizePtyRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self.0.task(&ns, &r.container_id).map_err(status)?;
-        task.client()
-            .resize_pty(r)
+        self.0
+            .task_resize(&ns, &r.container_id, &r.exec_id, r.width, r.height)
             .await
-            .map_err(|s| status(from_status("resize", s)))?;
+            .map_err(status)?;
         Ok(Response::new(()))
     }
 
     async fn close_io(&self, req: Request<api::CloseIoRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self.0.task(&ns, &r.container_id).map_err(status)?;
-        task.client()
-            .close_io(sup_proto::shim::CloseIoRequest { exec_id: r.exec_id })
+        self.0
+            .task_close_stdin(&ns, &r.container_id, &r.exec_id)
             .await
-            .map_err(|s| status(from_status("close stdin", s)))?;
+            .map_err(status)?;
         Ok(Response::new(()))
     }
 

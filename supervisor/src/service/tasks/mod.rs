@@ -856,6 +856,40 @@ impl Services {
         Ok(())
     }
 
+    /// Resizes the pty of a process (the init for an empty `exec_id`).
+    pub async fn task_resize(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        let task = self.task(ns, id)?;
+        task.client()
+            .resize_pty(sup_proto::v1::ResizePtyRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                width,
+                height,
+            })
+            .await
+            .map_err(|s| from_status(&format!("resizing the pty of task {id:?}"), s))?;
+        Ok(())
+    }
+
+    /// Closes a process's stdin (the init's for an empty `exec_id`).
+    pub async fn task_close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
+        let task = self.task(ns, id)?;
+        task.client()
+            .close_io(sp::CloseIoRequest {
+                exec_id: exec_id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(&format!("closing the stdin of task {id:?}"), s))?;
+        Ok(())
+    }
+
     pub async fn task_pids(&self, ns: &str, id: &str) -> Result<Vec<ProcessInfo>> {
         let task = self.task(ns, id)?;
         Ok(task
