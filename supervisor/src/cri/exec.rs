@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_cri::v1 as cri;
-use sup_proto::v1 as api;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Cri, NAMESPACE};
 use crate::error::Result;
-use crate::service::tasks::shim::from_status;
+use crate::service::tasks::attach::{AttachOptions, AttachOutput, Attached};
 
 /// Output kept per stream; the rest is dropped (the CRI's own limit is 16 MiB).
 const MAX_OUTPUT: usize = 16 << 20;
@@ -58,39 +57,23 @@ impl Cri {
         timeout: i64,
     ) -> Result<Option<cri::ExecSyncResponse>> {
         let svc = &self.services;
-        let task = svc.task(NAMESPACE, id)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let opts = api::AttachRequest {
-            payload: Some(api::attach_request::Payload::Options(api::AttachOptions {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                stdin: false,
-                stdout: true,
-                stderr: true,
-                logs: true,
-            })),
+        let opts = AttachOptions {
+            exec_id: exec_id.to_string(),
+            stdin: false,
+            stdout: true,
+            stderr: true,
+            logs: true,
         };
-        let _ = tx.send(opts).await;
-        let mut out = task
-            .client()
-            .attach(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| from_status("exec attach", s))?
-            .into_inner();
+        // Kept until the output is read: the attachment lasts while the caller's half is open.
+        let Attached { input, mut output } = svc.task_attach(NAMESPACE, id, &opts).await?;
         svc.task_start(NAMESPACE, id, exec_id).await?;
         let collect = async {
             let mut c = Collected::default();
-            while let Ok(Some(msg)) = out.message().await {
-                match msg.payload {
-                    Some(api::attach_response::Payload::Output(f)) => {
-                        if f.stream == api::StdStream::Stderr as i32 {
-                            keep(&mut c.stderr, &f.data);
-                        } else {
-                            keep(&mut c.stdout, &f.data);
-                        }
-                    }
-                    Some(api::attach_response::Payload::Exit(w)) => c.exit = Some(w.exit_status),
-                    None => {}
+            while let Some(Ok(out)) = output.next().await {
+                match out {
+                    AttachOutput::Stderr(data) => keep(&mut c.stderr, &data),
+                    AttachOutput::Stdout(data) => keep(&mut c.stdout, &data),
+                    AttachOutput::Exit(w) => c.exit = Some(w.exit_status),
                 }
             }
             c
@@ -108,7 +91,7 @@ impl Cri {
         } else {
             collect.await
         };
-        drop(tx);
+        drop(input);
         let code = match collected.exit {
             Some(c) => c,
             None => svc.task_wait(NAMESPACE, id, exec_id).await?.exit_status,

@@ -7,19 +7,39 @@ use std::time::SystemTime;
 
 use futures::{Stream, StreamExt};
 use sup_proto::v1::{self as api, tasks_server::Tasks};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{namespace, settled, status, timestamp, RpcResult};
 use crate::error::Error;
 use crate::filters::{Filter, Filterable};
+use crate::service::tasks::attach::{AttachInput, AttachOptions, AttachOutput};
 use crate::service::tasks::{shim::from_status, ExecProcess, ProcessStatus, TaskStatus};
 use crate::service::Services;
 
 pub struct TasksApi(pub Arc<Services>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn attach_out(o: AttachOutput) -> api::AttachResponse {
+    let payload = match o {
+        AttachOutput::Stdout(data) => api::attach_response::Payload::Output(api::OutputFrame {
+            stream: api::StdStream::Stdout as i32,
+            data,
+        }),
+        AttachOutput::Stderr(data) => api::attach_response::Payload::Output(api::OutputFrame {
+            stream: api::StdStream::Stderr as i32,
+            data,
+        }),
+        AttachOutput::Exit(w) => api::attach_response::Payload::Exit(api::WaitResponse {
+            exit_status: w.exit_status,
+            exited_at: w.exited_at.map(timestamp),
+            reason: w.reason,
+        }),
+    };
+    api::AttachResponse {
+        payload: Some(payload),
+    }
+}
 
 fn status_out(s: TaskStatus) -> api::TaskStatus {
     match s {
@@ -379,30 +399,43 @@ impl Tasks for TasksApi {
         let first = input.message().await?.ok_or_else(|| {
             Status::invalid_argument("attach: the first message must carry the options")
         })?;
-        let Some(api::attach_request::Payload::Options(opts)) = &first.payload else {
+        let Some(api::attach_request::Payload::Options(o)) = first.payload else {
             return Err(Status::invalid_argument(
                 "attach: the first message must carry the options",
             ));
         };
-        let task = self.0.task(&ns, &opts.container_id).map_err(status)?;
-        let (tx, rx) = mpsc::channel(16);
-        let _ = tx.send(first.clone()).await;
-        // Relay the client's stdin and resizes to the shim as they come.
+        let opts = AttachOptions {
+            exec_id: o.exec_id,
+            stdin: o.stdin,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            logs: o.logs,
+        };
+        let attached = self
+            .0
+            .task_attach(&ns, &o.container_id, &opts)
+            .await
+            .map_err(status)?;
+        // Relay the client's stdin and resizes to the task as they come.
+        let to_task = attached.input;
         tokio::spawn(async move {
             while let Ok(Some(m)) = input.message().await {
-                if tx.send(m).await.is_err() {
+                let i = match m.payload {
+                    Some(api::attach_request::Payload::Stdin(data)) => AttachInput::Stdin(data),
+                    Some(api::attach_request::Payload::CloseStdin(true)) => AttachInput::CloseStdin,
+                    Some(api::attach_request::Payload::Resize(r)) => AttachInput::Resize {
+                        width: r.width,
+                        height: r.height,
+                    },
+                    _ => continue,
+                };
+                if to_task.send(i).await.is_err() {
                     break;
                 }
             }
         });
-        let out = task
-            .client()
-            .attach(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| status(from_status("attach", s)))?
-            .into_inner();
         Ok(Response::new(Box::pin(
-            out.map(|r| r.map_err(|s| status(from_status("attach", s)))),
+            attached.output.map(|r| r.map(attach_out).map_err(status)),
         )))
     }
 

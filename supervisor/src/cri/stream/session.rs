@@ -4,14 +4,13 @@
 //! away mid-exec takes its process with it: killed, waited for and deleted.
 
 use bytes::Bytes;
+use futures::StreamExt;
 use k8s_cri::v1 as cri;
-use sup_proto::v1 as api;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::protocol::{Outcome, Size};
 use crate::cri::{Cri, NAMESPACE};
-use crate::service::tasks::shim::from_status;
+use crate::service::tasks::attach::{AttachInput, AttachOptions, AttachOutput, Attached};
 
 /// What the client sends.
 #[derive(Debug)]
@@ -136,29 +135,21 @@ enum Followed {
 /// Attaches to the process (starting it first when `start`) and relays until it exits.
 async fn follow(cri: &Cri, t: &Target<'_>, mut io: Io, start: bool) -> Followed {
     let svc = &cri.services;
-    let task = match svc.task(NAMESPACE, t.id) {
-        Ok(task) => task,
+    let opts = AttachOptions {
+        exec_id: t.exec_id.to_string(),
+        stdin: t.stdin,
+        stdout: t.stdout,
+        stderr: t.stderr,
+        // An exec is attached before it starts: nothing is missed. An attach sees what the
+        // container writes from now on, as the kubelet's does.
+        logs: start,
+    };
+    let Attached {
+        input: tx,
+        mut output,
+    } = match svc.task_attach(NAMESPACE, t.id, &opts).await {
+        Ok(a) => a,
         Err(e) => return Followed::Failed(e.to_string()),
-    };
-    let (tx, rx) = mpsc::channel(16);
-    let options = api::AttachRequest {
-        payload: Some(api::attach_request::Payload::Options(api::AttachOptions {
-            container_id: t.id.to_string(),
-            exec_id: t.exec_id.to_string(),
-            stdin: t.stdin,
-            stdout: t.stdout,
-            stderr: t.stderr,
-            // An exec is attached before it starts: nothing is missed. An attach sees
-            // what the container writes from now on, as the kubelet's does.
-            logs: start,
-        })),
-    };
-    if tx.send(options).await.is_err() {
-        return Followed::Failed("attach: the shim went away".into());
-    }
-    let mut out = match task.client().attach(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Followed::Failed(from_status("attach", s).to_string()),
     };
     if start {
         if let Err(e) = svc.task_start(NAMESPACE, t.id, t.exec_id).await {
@@ -169,52 +160,44 @@ async fn follow(cri: &Cri, t: &Target<'_>, mut io: Io, start: bool) -> Followed 
     let mut stdin_open = t.stdin;
     loop {
         tokio::select! {
-            msg = out.message() => match msg {
-                Ok(Some(m)) => match m.payload {
-                    Some(api::attach_response::Payload::Output(f)) => {
-                        let data = Bytes::from(f.data);
-                        let o = if f.stream == api::StdStream::Stderr as i32 {
-                            Output::Stderr(data)
-                        } else {
-                            Output::Stdout(data)
-                        };
-                        if io.output.send(o).await.is_err() {
-                            return Followed::ClientGone;
-                        }
+            msg = output.next() => match msg {
+                Some(Ok(AttachOutput::Exit(w))) => {
+                    exit = Some(w.exit_status);
+                    break;
+                }
+                Some(Ok(AttachOutput::Stdout(data))) => {
+                    if io.output.send(Output::Stdout(Bytes::from(data))).await.is_err() {
+                        return Followed::ClientGone;
                     }
-                    Some(api::attach_response::Payload::Exit(w)) => {
-                        exit = Some(w.exit_status);
-                        break;
+                }
+                Some(Ok(AttachOutput::Stderr(data))) => {
+                    if io.output.send(Output::Stderr(Bytes::from(data))).await.is_err() {
+                        return Followed::ClientGone;
                     }
-                    None => {}
-                },
-                Ok(None) => break,
-                Err(s) => {
-                    tracing::debug!(container = %t.id, error = %s, "attach stream ended");
+                }
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(container = %t.id, error = %e, "attach stream ended");
                     break;
                 }
             },
             input = io.input.recv() => match input {
                 Some(Input::Stdin(data)) if stdin_open => {
-                    let p = api::attach_request::Payload::Stdin(data.to_vec());
-                    let _ = tx.send(api::AttachRequest { payload: Some(p) }).await;
+                    let _ = tx.send(AttachInput::Stdin(data.to_vec())).await;
                 }
                 Some(Input::Stdin(_)) => {}
                 Some(Input::StdinEnd) => {
                     if stdin_open && t.close_stdin_at_end {
-                        let p = api::attach_request::Payload::CloseStdin(true);
-                        let _ = tx.send(api::AttachRequest { payload: Some(p) }).await;
+                        let _ = tx.send(AttachInput::CloseStdin).await;
                     }
                     stdin_open = false;
                 }
                 Some(Input::Resize(size)) => {
-                    let p = api::attach_request::Payload::Resize(api::ResizePtyRequest {
-                        container_id: t.id.to_string(),
-                        exec_id: t.exec_id.to_string(),
+                    let resize = AttachInput::Resize {
                         width: u32::from(size.width),
                         height: u32::from(size.height),
-                    });
-                    let _ = tx.send(api::AttachRequest { payload: Some(p) }).await;
+                    };
+                    let _ = tx.send(resize).await;
                 }
                 None => return Followed::ClientGone,
             },

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::events::{topic, Payload};
 use crate::service::Services;
 
+pub mod attach;
 pub mod recover;
 pub mod shim;
 
