@@ -276,6 +276,16 @@ impl CriEnv {
         crate::rpc::import_ok(&client, crate::rpc::options(""), &archive).await;
     }
 
+    /// ListImages without a filter.
+    pub async fn list_images(&mut self) -> Vec<cri::Image> {
+        self.images
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .expect("ListImages")
+            .into_inner()
+            .images
+    }
+
     /// Where pods' logs go.
     pub fn log_dir(&self, pod: &str) -> PathBuf {
         self.daemon.dir().join("pods").join(pod)

@@ -227,13 +227,7 @@ async fn garbage_collection_during_the_first_pod_start() {
         .collect(sup_proto::v1::CollectRequest {})
         .await
         .expect("Collect");
-    let images = env
-        .images
-        .list_images(cri::ListImagesRequest { filter: None })
-        .await
-        .expect("ListImages")
-        .into_inner()
-        .images;
+    let images = env.list_images().await;
     assert!(
         images.iter().any(|i| i
             .repo_tags
@@ -509,13 +503,7 @@ async fn image_service() {
         image: image.to_string(),
         ..Default::default()
     };
-    let list = env
-        .images
-        .list_images(cri::ListImagesRequest { filter: None })
-        .await
-        .expect("ListImages")
-        .into_inner()
-        .images;
+    let list = env.list_images().await;
     let bb = list
         .iter()
         .find(|i| i.repo_tags.iter().any(|t| t == BUSYBOX))
