@@ -20,6 +20,19 @@ pub struct TasksApi(pub Arc<Services>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What a client's attach message after the first asks of the process, if anything.
+fn attach_in(m: api::AttachRequest) -> Option<AttachInput> {
+    match m.payload? {
+        api::attach_request::Payload::Stdin(data) => Some(AttachInput::Stdin(data)),
+        api::attach_request::Payload::CloseStdin(true) => Some(AttachInput::CloseStdin),
+        api::attach_request::Payload::Resize(r) => Some(AttachInput::Resize {
+            width: r.width,
+            height: r.height,
+        }),
+        _ => None,
+    }
+}
+
 fn attach_out(o: AttachOutput) -> api::AttachResponse {
     let payload = match o {
         AttachOutput::Stdout(data) => api::attach_response::Payload::Output(api::OutputFrame {
@@ -420,15 +433,7 @@ impl Tasks for TasksApi {
         let to_task = attached.input;
         tokio::spawn(async move {
             while let Ok(Some(m)) = input.message().await {
-                let i = match m.payload {
-                    Some(api::attach_request::Payload::Stdin(data)) => AttachInput::Stdin(data),
-                    Some(api::attach_request::Payload::CloseStdin(true)) => AttachInput::CloseStdin,
-                    Some(api::attach_request::Payload::Resize(r)) => AttachInput::Resize {
-                        width: r.width,
-                        height: r.height,
-                    },
-                    _ => continue,
-                };
+                let Some(i) = attach_in(m) else { continue };
                 if to_task.send(i).await.is_err() {
                     break;
                 }
