@@ -18,7 +18,7 @@ use crate::layer::{Compression, LayerBuilder};
 use crate::{rpc, Daemon, Image, ImageBuilder, OciArchive};
 
 mod attach;
-mod host;
+pub(crate) mod host;
 
 pub use attach::{Attached, Captured};
 pub use host::{

@@ -5,24 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+pub use crate::task::host::{proc_state, start_time};
 use crate::task::World;
-
-/// Field `n` of /proc/PID/stat, counted from 1 as proc(5) does (n >= 3).
-fn stat_field(pid: u32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split(' ').nth(n.checked_sub(3)?).map(str::to_string)
-}
-
-/// When the process started, in clock ticks since boot.
-pub fn start_time(pid: u32) -> Option<u64> {
-    stat_field(pid, 22)?.parse().ok()
-}
-
-/// The process's state letter (R, S, Z...).
-pub fn proc_state(pid: u32) -> Option<String> {
-    stat_field(pid, 3)
-}
 
 pub fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))

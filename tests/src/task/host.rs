@@ -9,11 +9,16 @@ pub(super) fn list_dir(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The field of /proc/PID/stat after the command name, counted from 1 as proc(5) does.
-fn stat_field(pid: u32, field: usize) -> Option<String> {
+/// Field `n` of /proc/PID/stat, counted from 1 as proc(5) does (n >= 3).
+fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(field - 3).map(str::to_string)
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(n.checked_sub(3)?).map(str::to_string)
+}
+
+/// The process's state letter (R, S, Z...).
+pub fn proc_state(pid: u32) -> Option<String> {
+    stat_field(pid, 3)
 }
 
 /// When the process started (clock ticks since boot): a pid's identity over time.
