@@ -4,6 +4,8 @@
 //! proto-free types), which uses the stores: `store` (sled metadata), `content` (blobs),
 //! `snapshot` (filesystem trees) and `image` (references, archives, unpacking).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod content;
 pub mod cri;

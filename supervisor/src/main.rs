@@ -1,6 +1,8 @@
 //! supd: the sup daemon. Parses flags, sets up logging, and runs the server until SIGTERM or
 //! SIGINT.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

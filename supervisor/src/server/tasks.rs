@@ -9,11 +9,11 @@ use futures::{Stream, StreamExt};
 use sup_proto::v1::{self as api, tasks_server::Tasks};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{namespace, settled, status, timestamp, RpcResult};
+use super::convert::{from_timestamp, namespace, settled, status, timestamp, RpcResult};
 use crate::error::Error;
 use crate::filters::{Filter, Filterable};
-use crate::service::tasks::attach::{AttachInput, AttachOptions, AttachOutput};
-use crate::service::tasks::{shim::from_status, ExecProcess, ProcessStatus, TaskStatus};
+use crate::service::tasks::attach::{AttachInput, AttachOptions, AttachOutput, LogsOptions};
+use crate::service::tasks::{ExecProcess, ProcessStatus, TaskStatus};
 use crate::service::Services;
 
 pub struct TasksApi(pub Arc<Services>);
@@ -449,15 +449,31 @@ impl Tasks for TasksApi {
     async fn logs(&self, req: Request<api::LogsRequest>) -> RpcResult<Self::LogsStream> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self.0.task(&ns, &r.container_id).map_err(status)?;
-        let out = task
-            .client()
-            .logs(r)
+        let out = self
+            .0
+            .task_logs(
+                &ns,
+                &r.container_id,
+                &LogsOptions {
+                    exec_id: r.exec_id,
+                    follow: r.follow,
+                    tail: r.tail,
+                    since: r.since.as_ref().map(from_timestamp),
+                },
+            )
             .await
-            .map_err(|s| status(from_status("logs", s)))?
-            .into_inner();
-        Ok(Response::new(Box::pin(
-            out.map(|r| r.map_err(|s| status(from_status("logs", s)))),
-        )))
+            .map_err(status)?;
+        Ok(Response::new(Box::pin(out.map(|r| {
+            r.map(|l| api::LogsResponse {
+                stream: if l.stderr {
+                    api::StdStream::Stderr
+                } else {
+                    api::StdStream::Stdout
+                } as i32,
+                data: l.data,
+                timestamp: l.at.map(timestamp),
+            })
+            .map_err(status)
+        }))))
     }
 }

@@ -1,5 +1,5 @@
-//! Attaching to a process's stdio, in the service's own terms: the shim's attach stream,
-//! with what the caller sends and gets back as plain values.
+//! Attaching to a process's stdio and reading its logs, in the service's own terms: the
+//! shim's attach and logs streams, with what the caller sends and gets back as plain values.
 
 use std::pin::Pin;
 
@@ -10,6 +10,15 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::shim::from_status;
 use super::{ts, Exit};
+
+/// The shim's form of a time.
+fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
 use crate::error::Result;
 use crate::service::Services;
 
@@ -42,6 +51,28 @@ pub enum AttachOutput {
 }
 
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<AttachOutput>> + Send>>;
+
+/// One piece of a process's logged output.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    pub stderr: bool,
+    pub data: Vec<u8>,
+    pub at: Option<std::time::SystemTime>,
+}
+
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk>> + Send>>;
+
+/// Which logs to read (the init's for an empty `exec_id`).
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    pub exec_id: String,
+    /// New output as it comes, until the process exits or the stream is dropped.
+    pub follow: bool,
+    /// Only the last `tail` lines; all when 0.
+    pub tail: i64,
+    /// Only output logged at or after this time.
+    pub since: Option<std::time::SystemTime>,
+}
 
 /// A live attachment. Dropping `input` ends the caller's half, as a client ending its
 /// stream would; keep it while the output is wanted.
@@ -120,5 +151,30 @@ impl Services {
             input,
             output: Box::pin(output),
         })
+    }
+
+    /// A process's logged output.
+    pub async fn task_logs(&self, ns: &str, id: &str, opts: &LogsOptions) -> Result<LogStream> {
+        let task = self.task(ns, id)?;
+        let out = task
+            .client()
+            .logs(wire::LogsRequest {
+                container_id: id.to_string(),
+                exec_id: opts.exec_id.clone(),
+                follow: opts.follow,
+                tail: opts.tail,
+                since: opts.since.map(timestamp),
+            })
+            .await
+            .map_err(|s| from_status(&format!("logs of task {id:?}"), s))?
+            .into_inner();
+        Ok(Box::pin(out.map(|item| match item {
+            Ok(l) => Ok(LogChunk {
+                stderr: l.stream == wire::StdStream::Stderr as i32,
+                data: l.data,
+                at: ts(l.timestamp),
+            }),
+            Err(s) => Err(from_status("logs", s)),
+        })))
     }
 }
