@@ -23,3 +23,4 @@ pub mod snapshot;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod timestamps;

@@ -1,8 +1,6 @@
 //! Conversions between the API's messages and the services' types, and the namespace of a
 //! request.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use sup_proto::v1 as api;
 use tonic::{Request, Status};
 
@@ -30,19 +28,7 @@ pub fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
     Ok(ns)
 }
 
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-pub fn from_timestamp(t: &prost_types::Timestamp) -> SystemTime {
-    let secs = t.seconds.max(0) as u64;
-    let nanos = t.nanos.clamp(0, 999_999_999) as u32;
-    UNIX_EPOCH + Duration::new(secs, nanos)
-}
+pub use crate::timestamps::{from_timestamp, timestamp};
 
 pub fn labels(map: std::collections::HashMap<String, String>) -> Labels {
     map.into_iter().collect()

@@ -10,17 +10,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::shim::from_status;
 use super::{ts, Exit};
-
-/// The shim's form of a time.
-fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
 use crate::error::Result;
 use crate::service::Services;
+use crate::timestamps::timestamp;
 
 /// Which of a process's streams to connect (the init's for an empty `exec_id`).
 #[derive(Debug, Clone, Default)]

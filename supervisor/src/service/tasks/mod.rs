@@ -185,11 +185,7 @@ fn runtime_refusal(e: Error) -> Error {
 }
 
 fn ts(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    t.map(|t| {
-        let secs = t.seconds.max(0) as u64;
-        let nanos = t.nanos.clamp(0, 999_999_999) as u32;
-        std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
-    })
+    t.as_ref().map(crate::timestamps::from_timestamp)
 }
 
 impl Services {
