@@ -470,14 +470,10 @@ impl Cri {
 
     pub async fn update_resources(&self, id: &str, r: &cri::LinuxContainerResources) -> Result<()> {
         let id = self.resolve_container(id)?;
-        let cpus = if r.cpu_quota > 0 && r.cpu_period > 0 {
-            r.cpu_quota as f64 / r.cpu_period as f64
-        } else {
-            0.0
-        };
         let shares = u64::try_from(r.cpu_shares).unwrap_or(0);
+        // The CPU quota and period are the kubelet's own, laid on by `more`.
         let more = cspec::MoreResources::of(r)?;
-        let new = crate::spec::resources(r.memory_limit_in_bytes, cpus, shares, 0)?;
+        let new = crate::spec::resources(r.memory_limit_in_bytes, 0.0, shares, 0)?;
         // The stored spec first, so a task started later gets the new limits too.
         let mut c = self.services.container_get(NAMESPACE, &id)?;
         let mut spec: oci_spec::runtime::Spec = serde_json::from_value(c.spec.clone())
